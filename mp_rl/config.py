@@ -1,0 +1,220 @@
+"""Run configuration: YAML (safe_load) -> nested frozen pydantic models, one description per field.
+
+`load_config(path, ["learner.batch_size=128"])` applies `a.b=value` overrides (values parsed as
+YAML, so `true`, `1e-3`, `[64, 64]` mean what they say) and raises `ConfigError` with one line
+naming the key and what is wrong: unknown key (with the nearest valid one), wrong type, out of
+range, missing file. The resolved config (`dump_config`) is what a run folder keeps.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mp_rl.shm.sync import RateLimit, RateLimitError
+
+
+class ConfigError(ValueError):
+    """Bad configuration input; str() is the one line to show the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+Auto = Literal["auto"]
+
+
+class RunConfig(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Run name: folder suffix and process titles.")
+    seed: int = Field(0, description="Base random seed; actor i uses seed + i.")
+    runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
+    total_env_steps: int = Field(1_000_000, ge=1, description="Stop after this many environment steps.")
+    wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds (null: no limit).")
+    target_return: float | None = Field(None, description="Stop once the greedy evaluation mean reaches this.")
+    serial: bool = Field(False, description="Run actor, learner and monitor in one process (debugging, tests).")
+
+
+class EnvConfig(_Section):
+    id: str = Field("CartPole-v1", min_length=1, description="Gymnasium id, or 'module:Class'.")
+    envs_per_actor: int = Field(8, ge=1, le=1024, description="Environments per actor, stepped as one vector env.")
+    frame_stack: int = Field(4, ge=1, le=16, description="Frames stacked per observation (Atari ids only).")
+    max_episode_steps: int | None = Field(None, ge=1, description="Truncate episodes at this length (null: the env's own).")
+
+
+class ActorsConfig(_Section):
+    count: int | Auto = Field(2, description="Actor processes: a number, or 'auto' for the monitor to choose.")
+    max_count: int = Field(64, ge=1, le=4096, description="Upper bound on actors (clamped to usable CPUs).")
+    eps_base: float = Field(0.4, ge=0, le=1, description="Ape-X epsilon base: actor i of N uses eps ** (1 + alpha*i/(N-1)).")
+    eps_alpha: float = Field(7.0, ge=0, description="Ape-X epsilon exponent spread.")
+    sync_every: int = Field(400, ge=1, description="Env steps between weight pickups from the board.")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch threads per actor (1: N actors do not oversubscribe).")
+    block: int = Field(64, ge=1, le=65536, description="Transitions per ring write (one atomic reservation each).")
+
+    @model_validator(mode="after")
+    def _count_range(self) -> ActorsConfig:
+        if self.count != "auto" and not 1 <= self.count <= self.max_count:
+            raise ValueError(f"count: must be 'auto' or 1..max_count ({self.max_count}), got {self.count}")
+        return self
+
+
+class ReplayConfig(_Section):
+    capacity: int | Auto = Field(100_000, description="Live replay rows: a number, or 'auto' for the monitor.")
+    capacity_max: int = Field(1_000_000, ge=1024, le=10**9, description="Rows reserved up front (pages commit on first touch).")
+    min_fill: int = Field(1_000, ge=1, description="Rows in the ring before the learner samples.")
+    samples_per_insert: float | None = Field(8.0, gt=0, description="Replay ratio held by the rate limiter (null: off).")
+    error_buffer: float | None = Field(None, gt=0, description="Rate limiter slack in samples (null: 4x the deadlock-free minimum).")
+    n_step: int = Field(3, ge=1, le=100, description="Steps in the n-step return.")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
+
+    @model_validator(mode="after")
+    def _capacity_range(self) -> ReplayConfig:
+        if self.capacity != "auto" and not 1024 <= self.capacity <= self.capacity_max:
+            raise ValueError(f"capacity: must be 'auto' or 1024..capacity_max ({self.capacity_max}), got {self.capacity}")
+        return self
+
+
+class LearnerConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")
+    batch_size: int | Auto = Field(64, description="Rows per update: 8..2048, or 'auto' for the monitor.")
+    max_batch_size: int = Field(2048, ge=8, le=65536, description="Largest batch the monitor may choose.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip.")
+    target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
+    tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
+    dueling: bool = Field(True, description="Dueling value/advantage head.")
+    hidden: tuple[int, ...] = Field((128, 128), min_length=1, description="MLP hidden sizes (vector observations).")
+    amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
+    publish_every: int = Field(10, ge=1, description="Updates between weight publishes.")
+    prefetch: bool = Field(True, description="Sample the next batch in a thread while the GPU trains.")
+
+    @model_validator(mode="after")
+    def _batch_range(self) -> LearnerConfig:
+        if self.batch_size != "auto" and not 8 <= self.batch_size <= self.max_batch_size:
+            raise ValueError(f"batch_size: must be 'auto' or 8..max_batch_size ({self.max_batch_size}), got {self.batch_size}")
+        return self
+
+
+class MonitorConfig(_Section):
+    enabled: bool = Field(True, description="Run the resource monitor.")
+    interval_s: float = Field(0.1, gt=0, le=60, description="Seconds between samples of the machine.")
+    cooldown_s: float = Field(30.0, ge=0, description="Seconds between two moves of the knobs.")
+
+
+class LoggingConfig(_Section):
+    status_every_s: float = Field(5.0, gt=0, description="Seconds between status lines.")
+    checkpoint_every: int = Field(10_000, ge=1, description="Updates between checkpoints.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    env: EnvConfig = EnvConfig()
+    actors: ActorsConfig = ActorsConfig()
+    replay: ReplayConfig = ReplayConfig()
+    learner: LearnerConfig = LearnerConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def rate_limit(self) -> RateLimit:
+        """The replay rate limiter this config asks for (validated: it cannot deadlock)."""
+        r, spi = self.replay, self.replay.samples_per_insert
+        max_batch = self.learner.max_batch_size if self.learner.batch_size == "auto" else self.learner.batch_size
+        floor = (self.actors.block * (spi or 0) + max_batch) / 2
+        buffer = r.error_buffer if r.error_buffer is not None else 4 * floor
+        return RateLimit(spi, r.min_fill, buffer, self.actors.block, max_batch)
+
+    @model_validator(mode="after")
+    def _deadlock_free(self) -> Config:
+        try:
+            self.rate_limit()
+        except RateLimitError as exc:
+            raise ValueError(f"replay.error_buffer: {exc}") from None
+        return self
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    model: Any = Config
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+_BRANCHES = ("int", "float", "literal['auto']", "function-after[_count_range()]")
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = exc.errors()
+    locs = [tuple(p for p in e["loc"] if p not in _BRANCHES) for e in errors]
+    err, loc = errors[0], locs[0]
+    key = ".".join(str(p) for p in loc) or "config"
+    others = len(set(locs)) - 1
+    more = f" (and {others} more)" if others else ""
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields) if parent else [], n=1)
+        hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else ""
+        return f"{key}: unknown key{hint}{more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if ":" in msg.split(" ")[0]:  # our validators name the field themselves
+        return f"{'.'.join(map(str, loc))}.{msg}{more}" if loc else f"{msg}{more}"
+    if sum(1 for other in locs if other == loc) > 1:  # a union such as int | 'auto': say both
+        msg = "should be a number or 'auto'"
+    got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    return f"{key}: {msg}{got}{more}"
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `a.b=value` override to the raw mapping (value parsed as YAML)."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {override!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read, override and validate a config; raises ConfigError with one line on bad input."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what the run folder keeps; loads back to an equal Config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,139 @@
+"""The weight board: the learner's parameters as one flat float32 vector in two slots (a seqlock).
+
+Publish v: mark slot v % 2 odd (2v - 1), copy, mark it even (2v), then set `version` to v.
+Read: take `version`, check its slot's mark is 2v, copy the slot into the caller's flat parameter
+tensor, and re-check the mark. Two slots mean a publisher writing v + 1 never touches the slot a
+reader is copying v from; only a publisher two versions ahead mid-copy forces a retry. Readers take
+no lock and never block the publisher; a torn copy is never kept (it is retried).
+
+On CUDA, `pin()` registers both host slots with cudaHostRegister so the device-to-host copy of a
+publish is one DMA straight into shared memory, with no staging buffer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from mp_rl.shm import atomics
+from mp_rl.shm.segment import Layout, Segment
+
+
+def flatten_parameters(module: nn.Module) -> torch.Tensor:
+    """Re-home every parameter of `module` as a view of one flat float32 tensor; return it.
+
+    Afterwards one `flat.copy_(src)` updates every parameter: pickup is one memcpy.
+    """
+    params = list(module.parameters())
+    device = params[0].device
+    flat = torch.empty(sum(p.numel() for p in params), dtype=torch.float32, device=device)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat[offset : offset + n].copy_(p.data.reshape(-1))
+        p.data = flat[offset : offset + n].view_as(p.data)
+        offset += n
+    return flat
+
+
+class WeightBoard:
+    """Two-slot seqlock of `numel` float32 values in a named segment."""
+
+    def __init__(self, segment: Segment, numel: int):
+        self.segment, self.numel = segment, numel
+        self.layout = self.layout_for(numel)
+        v = self.layout.views(segment.buf)
+        self._words, self._marks = v["words"], v["marks"]
+        self.version_addr = atomics.address_of(v["words"])
+        self.mark_addr = [atomics.address_of(v["marks"], 0), atomics.address_of(v["marks"], 8)]
+        self.slots = [torch.from_numpy(v["slots"][i]) for i in range(2)]
+        self._pinned = False
+        self.retries = 0
+
+    @staticmethod
+    def layout_for(numel: int) -> Layout:
+        # The two marks sit on separate cache lines; each slot starts on a page.
+        return Layout.build([("words", "<i8", (8,)), ("marks", "<i8", (16,)), ("slots", "<f4", (2, numel))])
+
+    @classmethod
+    def create(cls, name: str, numel: int) -> WeightBoard:
+        return cls(Segment.create(name, cls.layout_for(numel).size), numel)
+
+    @classmethod
+    def attach(cls, name: str, numel: int) -> WeightBoard:
+        return cls(Segment.attach(name), numel)
+
+    def describe(self) -> dict:
+        return {"segment": self.segment.name, "numel": self.numel}
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> WeightBoard:
+        return cls.attach(entry["segment"], int(entry["numel"]))
+
+    @property
+    def version(self) -> int:
+        return atomics.load(self.version_addr)
+
+    def pin(self) -> bool:
+        """Register the host slots as pinned memory (CUDA only); True if they are now pinned."""
+        if self._pinned or not torch.cuda.is_available():
+            return self._pinned
+        ptr, nbytes = self.slots[0].data_ptr(), 2 * self.numel * 4
+        err = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
+        self._pinned = int(err) == 0
+        return self._pinned
+
+    def unpin(self) -> None:
+        if self._pinned:
+            torch.cuda.cudart().cudaHostUnregister(self.slots[0].data_ptr())
+            self._pinned = False
+
+    def publish(self, flat: torch.Tensor) -> int:
+        """Copy `flat` (CPU or CUDA, float32) into the board as the next version; return it."""
+        v = self.version + 1
+        s = v % 2
+        atomics.store(self.mark_addr[s], 2 * v - 1)  # odd: readers keep out of this slot
+        if flat.is_cuda:
+            self.slots[s].copy_(flat.detach(), non_blocking=self._pinned)
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()  # the DMA must land before the slot is marked complete
+        else:
+            self.slots[s].copy_(flat.detach())
+        atomics.store(self.mark_addr[s], 2 * v)  # seq_cst store: ordered after the copy
+        atomics.store(self.version_addr, v)
+        return v
+
+    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0) -> int:
+        """Copy the newest complete version into `flat` if it is newer than `have`; return the version held.
+
+        `flat` is typically `flatten_parameters(policy)`, so this updates the policy in place. A
+        copy that raced a publisher is retried at once; only if none succeeds within `timeout`
+        (a publisher two versions ahead during every copy) is TimeoutError raised, and `flat` must
+        then be treated as garbage.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.version
+            if v <= have:
+                return have
+            s = v % 2
+            mark = atomics.load(self.mark_addr[s])
+            if mark == 2 * v:
+                flat.copy_(self.slots[s])
+                if atomics.load(self.mark_addr[s]) == mark:  # seq_cst load: after the copy's loads
+                    return v
+            self.retries += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"weight board: no stable version within {timeout}s")
+
+    def close(self) -> None:
+        self.unpin()
+        self.slots = self._words = self._marks = None
+        self.segment.close()
+
+    def destroy(self) -> None:
+        self.close()
+        self.segment.unlink()

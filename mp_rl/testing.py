@@ -1,0 +1,126 @@
+"""Test helpers that run in child processes (spawn needs them importable): checksummed writers,
+verifying samplers, a capacity resizer, a weight publisher and readers.
+
+Row content is a pure function of (writer, k), so a sampled row that mixes two writes, or holds
+an older write than the seq it was drawn for, is caught by `check_rows` and the writers' records.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from mp_rl.shm.board import WeightBoard
+from mp_rl.shm.ring import ReplayRing, RingSpec
+
+OBS = 4
+
+
+def checked_spec(capacity_max: int, block: int = 64) -> RingSpec:
+    return RingSpec.for_transitions((OBS,), "float32", capacity_max, block)
+
+
+def make_rows(writer: int, k0: int, n: int) -> dict[str, np.ndarray]:
+    k = np.arange(k0, k0 + n, dtype=np.int64)
+    obs = np.stack([np.full(n, writer), k, (k * 7 + writer) % 1009, -k], axis=1).astype(np.float32)
+    return {
+        "obs": obs,
+        "action": k * 3 + writer,
+        "reward": ((k % 97) + writer * 0.5).astype(np.float32),
+        "discount": np.full(n, 0.99, np.float32),
+        "next_obs": obs + 1.0,
+    }
+
+
+def check_rows(batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """Boolean mask of rows whose fields all agree with one (writer, k)."""
+    obs = batch["obs"].numpy()
+    writer, k = obs[:, 0].astype(np.int64), obs[:, 1].astype(np.int64)
+    ok = (obs[:, 2] == (k * 7 + writer) % 1009) & (obs[:, 3] == -k)
+    ok &= batch["action"].numpy() == k * 3 + writer
+    ok &= batch["reward"].numpy() == ((k % 97) + writer * 0.5).astype(np.float32)
+    ok &= (batch["next_obs"].numpy() == obs + 1.0).all(axis=1)
+    return ok
+
+
+def writer_proc(entry: dict, writer: int, blocks: int, sizes: list[int], out) -> None:
+    """Write `blocks` blocks (sizes cycled) and report [(first_seq or -1, k0, n), ...]."""
+    ring = ReplayRing.from_manifest(entry)
+    w = ring.writer(token=writer + 1)
+    records, k = [], 0
+    for b in range(blocks):
+        n = sizes[b % len(sizes)]
+        while not w.write(make_rows(writer, k, n), timeout=1.0):
+            pass
+        records.append((w.last_seq, k, n))
+        k += n
+    out.put((writer, records))
+    ring.close()
+
+
+def sampler_proc(entry: dict, batch: int, stop_after: float, out, check_limit: bool = False) -> None:
+    """Sample until the writers are done; report (samples, torn, [(seq, writer, k)], limit_violations)."""
+    ring = ReplayRing.from_manifest(entry)
+    s = ring.sampler(max_batch=batch, seed=1)
+    torn = violations = 0
+    seen = []
+    deadline = time.monotonic() + stop_after
+    while time.monotonic() < deadline and not ring.closed:
+        got = s.sample(batch, timeout=0.2)
+        if got is None:
+            continue
+        torn += int((~check_rows(got)).sum())
+        obs = got["obs"].numpy()
+        seen.append(np.stack([s.seqs[:batch], obs[:, 0], obs[:, 1]], axis=1).astype(np.int64))
+        if check_limit:
+            c = ring.counts()
+            lim = ring.limit
+            slack = 8 * lim.block * (lim.samples_per_insert or 0)  # concurrent writers may overshoot
+            d = c["inserts"] * (lim.samples_per_insert or 0) - c["samples"]
+            violations += int(c["inserts"] >= lim.min_fill and not (lim.min_diff - batch <= d <= lim.max_diff + slack))
+    rows = np.concatenate(seen) if seen else np.zeros((0, 3), np.int64)
+    out.put(("sampler", (int(ring.counts()["samples"]), torn, rows, violations)))
+    ring.close()
+
+
+def resizer_proc(entry: dict, sizes: list[int], period: float, duration: float) -> None:
+    """Move the live capacity through `sizes` every `period` seconds."""
+    ring = ReplayRing.from_manifest(entry)
+    end, i = time.monotonic() + duration, 0
+    while time.monotonic() < end:
+        ring.capacity = sizes[i % len(sizes)]
+        i += 1
+        time.sleep(period)  # a pacing interval for the test, not a wait for a condition
+    ring.close()
+
+
+def publisher_proc(entry: dict, numel: int, duration: float, out) -> None:
+    """Publish versions 1, 2, ... as constant vectors (value = version) at full speed."""
+    board = WeightBoard.attach(entry["segment"], numel)
+    flat = torch.empty(numel)
+    end, v = time.monotonic() + duration, 0
+    while time.monotonic() < end:
+        flat.fill_(float(v + 1))
+        v = board.publish(flat)
+    out.put(("publisher", v))
+    board.close()
+
+
+def reader_proc(entry: dict, numel: int, duration: float, out) -> None:
+    """Read as fast as possible; count torn snapshots and version regressions."""
+    board = WeightBoard.attach(entry["segment"], numel)
+    flat = torch.empty(numel)
+    end, have, reads, torn, regressions = time.monotonic() + duration, 0, 0, 0, 0
+    while time.monotonic() < end:
+        v = board.read_into(flat, have=0, timeout=5.0)
+        if v == 0:
+            continue
+        reads += 1
+        lo, hi = float(flat.min()), float(flat.max())
+        torn += int(lo != hi or lo != float(v))
+        regressions += int(v < have)
+        have = v
+    out.put(("reader", (reads, torn, regressions, board.retries)))
+    board.close()

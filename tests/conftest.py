@@ -1,0 +1,53 @@
+"""Fixtures: every test fails if it leaves an mp_rl segment in /dev/shm or a child process alive."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+
+import psutil
+import pytest
+
+from mp_rl.shm.segment import Segment, list_segments
+
+_names = itertools.count()
+
+
+def _children() -> list[psutil.Process]:
+    kids = psutil.Process().children(recursive=True)
+    # multiprocessing's resource tracker lives for the whole session; it is not ours to reap.
+    return [p for p in kids if "resource_tracker" not in " ".join(_cmdline(p))]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = set(list_segments())
+    yield
+    leaked = sorted(set(list_segments()) - before)
+    for name in leaked:
+        os.unlink(Segment.path(name))
+    alive = _children()
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    assert not leaked, f"test leaked shared-memory segments: {leaked}"
+    assert not alive, f"test left child processes alive: {[p.pid for p in alive]}"
+
+
+@pytest.fixture
+def shm_name(request):
+    """A unique segment name prefix for this test."""
+    return lambda part: f"mp_rl.test{os.getpid()}-{next(_names)}.{part}"
+
+
+@pytest.fixture(scope="session")
+def spawn():
+    return mp.get_context("spawn")

@@ -1,0 +1,126 @@
+"""The replay ring in one process: write/sample, stamps and window, partial blocks, voids, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mp_rl.shm.ring import ReplayRing, RingSpec, rows_like
+from mp_rl.shm.segment import PAGE
+from mp_rl.shm.sync import RateLimit
+from mp_rl.testing import check_rows, checked_spec, make_rows
+
+OPEN = RateLimit(None, 1, 0, 64, 256)
+
+
+@pytest.fixture
+def ring(shm_name):
+    r = ReplayRing.create(shm_name("ring"), checked_spec(8192), OPEN)
+    yield r
+    r.destroy()
+
+
+def test_written_rows_come_back_whole_and_counted(ring):
+    w = ring.writer(token=1)
+    for b in range(10):
+        assert w.write(make_rows(0, 64 * b, 64))
+    s = ring.sampler(max_batch=256, seed=0)
+    batch = s.sample(256, timeout=1.0)
+    assert check_rows(batch).all()
+    seqs = s.seqs[:256]
+    assert np.array_equal(batch["obs"][:, 1].numpy().astype(np.int64), seqs)  # writer 0 wrote k == seq
+    assert ring.counts()["inserts"] == 640 and ring.counts()["samples"] == 256
+
+
+def test_uint8_images_stay_uint8(shm_name):
+    spec = RingSpec.for_transitions((4, 84, 84), "uint8", capacity_max=2048)
+    ring = ReplayRing.create(shm_name("ring"), spec, OPEN)
+    try:
+        assert ring.fields["obs"].dtype == np.uint8
+        rows = rows_like(spec, 64)
+        rows["obs"][:] = 200
+        ring.writer(1).write(rows)
+        batch = ring.sampler(32).sample(32, timeout=1.0)
+        assert batch["obs"].dtype.is_floating_point is False and int(batch["obs"].max()) == 200
+    finally:
+        ring.destroy()
+
+
+def test_partial_block_pads_and_never_serves_padding(ring):
+    w = ring.writer(token=1)
+    w.write(make_rows(0, 0, 10))
+    c = ring.counts()
+    assert (c["cursor"], c["inserts"], c["padding"]) == (64, 10, 54)
+    s = ring.sampler(128, seed=0)
+    s.sample(128, timeout=1.0)
+    assert set(s.seqs[:128].tolist()) <= set(range(10))
+
+
+def test_sampler_draws_only_inside_the_live_window(ring):
+    w = ring.writer(token=1)
+    for b in range(64):  # 4096 rows
+        w.write(make_rows(0, 64 * b, 64))
+    ring.capacity = 1024
+    s = ring.sampler(256, seed=0)
+    for _ in range(20):
+        s.sample(256, timeout=1.0)
+        assert s.seqs[:256].min() >= 4096 - 1024
+
+
+def test_stale_slot_is_rejected_by_its_stamp(ring):
+    w = ring.writer(token=1)
+    w.write(make_rows(0, 0, 64))
+    ring.stamps[:64] = 0  # as if a writer were mid-block on every row
+    assert ring.sampler(8).sample(8, timeout=0.2) is None
+
+
+def test_lapped_writer_voids_instead_of_sharing_a_block(ring):
+    w = ring.writer(token=1)
+    ring.leases[0] = 99  # another writer holds block 0
+    assert w.write(make_rows(0, 0, 64))
+    assert w.last_seq == -1
+    assert ring.counts()["voided"] == 64 and ring.counts()["inserts"] == 0
+    assert ring.void_member(99) == 1 and ring.leases[0] == 0
+
+
+def test_capacity_is_clamped_to_block_and_reserved_maximum(ring):
+    ring.capacity = 1
+    assert ring.capacity == ring.spec.block
+    ring.capacity = 10**12
+    assert ring.capacity == ring.spec.capacity_max
+
+
+def test_shrinking_capacity_returns_memory(shm_name):
+    spec = RingSpec.for_transitions((64,), "float32", capacity_max=65536)
+    ring = ReplayRing.create(shm_name("ring"), spec, OPEN)
+    try:
+        w, rows = ring.writer(1), rows_like(spec, 64)
+        for _ in range(spec.capacity_max // 64):
+            w.write(rows)
+        full = ring.segment.allocated_bytes()
+        ring.capacity = 4096
+        small = ring.segment.allocated_bytes()
+        row = sum(f.row_bytes for f in spec.fields) + 8
+        assert full - small >= 0.8 * row * (spec.capacity_max - 4096), (full, small)
+        for _ in range(spec.capacity_max // 64):  # keep writing: the trimmed footprint holds
+            w.write(rows)
+        assert ring.segment.allocated_bytes() <= small + row * 4096 + 64 * PAGE
+        s = ring.sampler(256)
+        assert s.sample(256, timeout=1.0) is not None
+    finally:
+        ring.destroy()
+
+
+def test_attach_by_name_sees_the_same_rows(ring):
+    other = ReplayRing.from_manifest(ring.describe())
+    try:
+        ring.writer(1).write(make_rows(3, 0, 64))
+        batch = other.sampler(16).sample(16, timeout=1.0)
+        assert check_rows(batch).all() and (batch["obs"][:, 0] == 3).all()
+    finally:
+        other.close()
+
+
+def test_write_rejects_oversized_block(ring):
+    with pytest.raises(ValueError, match="1..64 rows"):
+        ring.writer(1).write(make_rows(0, 0, 65))
