@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -124,3 +127,39 @@ def test_attach_by_name_sees_the_same_rows(ring):
 def test_write_rejects_oversized_block(ring):
     with pytest.raises(ValueError, match="1..64 rows"):
         ring.writer(1).write(make_rows(0, 0, 65))
+
+
+class SlowRows(dict):
+    """Rows whose fields arrive slowly, so a block stays half-written for ~100 ms."""
+
+    def __getitem__(self, key):
+        if key != "obs":
+            time.sleep(0.025)
+        return super().__getitem__(key)
+
+
+def test_a_block_being_written_is_never_served(shm_name):
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(1024), OPEN)
+    try:
+        w0 = ring.writer(1)
+        for b in range(1024 // 64):  # fill every slot with writer 0's rows: seq == k
+            w0.write(make_rows(0, 64 * b, 64))
+        ring.capacity = 128  # window: the last full block plus the block about to be written
+        slow = threading.Thread(target=ring.writer(2).write, args=(SlowRows(make_rows(1, 0, 64)),))
+        slow.start()
+        s, served_new = ring.sampler(64, seed=0), 0
+        while slow.is_alive():
+            batch = s.sample(64, timeout=1.0)
+            assert check_rows(batch).all(), "served a half-written row"
+            seqs, obs = s.seqs[:64], batch["obs"].numpy()
+            new = seqs >= 1024
+            if ring.stamps[:64].max() == 0:  # still unstamped after the sample returned
+                served_new += int(new.sum())
+            assert (obs[new, 0] == 1).all() and (obs[new, 1] == seqs[new] - 1024).all()
+            assert (obs[~new, 0] == 0).all() and (obs[~new, 1] == seqs[~new]).all(), "served a stale row"
+        slow.join()
+        assert served_new == 0, "rows of the unfinished block were served"
+        s.sample(64, timeout=1.0)
+        assert (s.seqs[:64] >= 1024).any()  # once stamped, the block is served
+    finally:
+        ring.destroy()
