@@ -14,6 +14,7 @@ import torch
 
 from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.ring import ReplayRing, RingSpec
+from mp_rl.shm.ringio import RingClosed
 
 OBS = 4
 
@@ -68,7 +69,10 @@ def sampler_proc(entry: dict, batch: int, stop_after: float, out, check_limit: b
     seen = []
     deadline = time.monotonic() + stop_after
     while time.monotonic() < deadline and not ring.closed:
-        got = s.sample(batch, timeout=0.2)
+        try:
+            got = s.sample(batch, timeout=0.2)
+        except RingClosed:
+            break
         if got is None:
             continue
         torn += int((~check_rows(got)).sum())
@@ -124,3 +128,16 @@ def reader_proc(entry: dict, numel: int, duration: float, out) -> None:
         have = v
     out.put(("reader", (reads, torn, regressions, board.retries)))
     board.close()
+
+
+def waiter_proc(addr_entry: dict, timeout: float, out) -> None:
+    """Attach a segment, sleep on its wakeup until word 8 is non-zero; report when it woke."""
+    from mp_rl.shm import atomics
+    from mp_rl.shm.segment import Segment
+    from mp_rl.shm.sync import Wakeup
+
+    seg = Segment.attach(addr_entry["segment"])
+    flag = seg.address + 8
+    ok = Wakeup(seg.address).wait_for(lambda: atomics.load(flag) != 0, timeout)
+    out.put(("waiter", (ok, time.monotonic())))
+    seg.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from queue import Empty
 
 import pytest
 import torch
@@ -21,10 +22,15 @@ def join_all(procs, timeout: float) -> None:
     assert not bad, f"processes failed: {bad}"
 
 
-def drain(queue, n: int, timeout: float) -> dict:
-    """Collect `n` (key, value) results from a queue; writers report under their integer id."""
-    out = {}
-    for _ in range(n):
-        key, value = queue.get(timeout=timeout)
-        out[key] = value
+def drain(queue, n: int, timeout: float, procs=()) -> dict:
+    """Collect `n` (key, value) results from a queue; fail at once if one of `procs` crashes."""
+    out, deadline = {}, time.monotonic() + timeout
+    while len(out) < n:
+        try:
+            key, value = queue.get(timeout=0.25)
+            out[key] = value
+        except Empty:
+            crashed = [(p.name, p.exitcode) for p in procs if p.exitcode not in (None, 0)]
+            assert not crashed, f"child processes crashed: {crashed}"
+            assert time.monotonic() < deadline, f"only {len(out)} of {n} results within {timeout}s (deadlock?)"
     return out

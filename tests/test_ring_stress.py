@@ -15,6 +15,9 @@ from mp_rl.shm.sync import RateLimit
 from mp_rl.testing import checked_spec, make_rows, resizer_proc, sampler_proc, writer_proc
 
 SIZES = [64, 64, 17, 64, 1, 64, 40]
+# Writers may run at most ~4096 sample-units ahead, so they cannot finish unless the sampler is
+# sampling while they write: the concurrency these tests claim is guaranteed, not hoped for.
+PACED = RateLimit(samples_per_insert=0.5, min_fill=512, error_buffer=4096, block=64, max_batch=128)
 
 
 def seq_map(records: dict[int, list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -65,9 +68,9 @@ def run_stress(spawn, ring: ReplayRing, writers: int, blocks: int, extra=(), tim
     for p in procs:
         p.start()
     try:
-        records = drain(q, writers, timeout)
+        records = drain(q, writers, timeout, procs)
         ring.close_waiters()  # writers are done: let the sampler finish
-        sampled = drain(q, 1, timeout)["sampler"]
+        sampled = drain(q, 1, timeout, procs)["sampler"]
         join_all(procs, timeout)
     finally:
         ring.close_waiters()
@@ -75,7 +78,7 @@ def run_stress(spawn, ring: ReplayRing, writers: int, blocks: int, extra=(), tim
 
 
 def test_many_writers_and_a_sampler_never_tear_lose_or_duplicate(shm_name, spawn):
-    ring = ReplayRing.create(shm_name("ring"), checked_spec(65536), RateLimit(None, 512, 0, 64, 128))
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(65536), PACED)
     try:
         records, sampled = run_stress(spawn, ring, writers=4, blocks=150)
         verify(ring, records, sampled)
@@ -85,7 +88,7 @@ def test_many_writers_and_a_sampler_never_tear_lose_or_duplicate(shm_name, spawn
 
 
 def test_capacity_raised_and_lowered_under_load_serves_only_live_complete_rows(shm_name, spawn):
-    ring = ReplayRing.create(shm_name("ring"), checked_spec(16384), RateLimit(None, 512, 0, 64, 128))
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(16384), PACED)
     try:
         resize = (resizer_proc, ([2048, 16384, 4096, 12000, 1024], 0.03, 4.0))
         records, sampled = run_stress(spawn, ring, writers=3, blocks=400, extra=[resize])
@@ -113,7 +116,7 @@ def test_wrapping_many_times_keeps_counts(shm_name, capacity_max):
 
 def test_hot_window_where_every_draw_races_a_writer(shm_name, spawn):
     """A 1024-row ring kept full: the oldest rows in the window are overwritten while being read."""
-    ring = ReplayRing.create(shm_name("ring"), checked_spec(1024), RateLimit(None, 128, 0, 64, 128))
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(1024), PACED)
     try:
         records, sampled = run_stress(spawn, ring, writers=3, blocks=1500)
         verify(ring, records, sampled)
