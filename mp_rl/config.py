@@ -30,7 +30,9 @@ Auto = Literal["auto"]
 
 
 class RunConfig(_Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Run name: folder suffix and process titles.")
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Run name: folder suffix and process titles."
+    )
     seed: int = Field(0, description="Base random seed; actor i uses seed + i.")
     runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
     total_env_steps: int = Field(1_000_000, ge=1, description="Stop after this many environment steps.")
@@ -43,16 +45,22 @@ class EnvConfig(_Section):
     id: str = Field("CartPole-v1", min_length=1, description="Gymnasium id, or 'module:Class'.")
     envs_per_actor: int = Field(8, ge=1, le=1024, description="Environments per actor, stepped as one vector env.")
     frame_stack: int = Field(4, ge=1, le=16, description="Frames stacked per observation (Atari ids only).")
-    max_episode_steps: int | None = Field(None, ge=1, description="Truncate episodes at this length (null: the env's own).")
+    max_episode_steps: int | None = Field(
+        None, ge=1, description="Truncate episodes at this length (null: the env's own)."
+    )
 
 
 class ActorsConfig(_Section):
     count: int | Auto = Field(2, description="Actor processes: a number, or 'auto' for the monitor to choose.")
     max_count: int = Field(64, ge=1, le=4096, description="Upper bound on actors (clamped to usable CPUs).")
-    eps_base: float = Field(0.4, ge=0, le=1, description="Ape-X epsilon base: actor i of N uses eps ** (1 + alpha*i/(N-1)).")
+    eps_base: float = Field(
+        0.4, ge=0, le=1, description="Ape-X epsilon base: actor i of N uses eps ** (1 + alpha*i/(N-1))."
+    )
     eps_alpha: float = Field(7.0, ge=0, description="Ape-X epsilon exponent spread.")
     sync_every: int = Field(400, ge=1, description="Env steps between weight pickups from the board.")
-    torch_threads: int = Field(1, ge=1, le=256, description="torch threads per actor (1: N actors do not oversubscribe).")
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="torch threads per actor (1: N actors do not oversubscribe)."
+    )
     block: int = Field(64, ge=1, le=65536, description="Transitions per ring write (one atomic reservation each).")
 
     @model_validator(mode="after")
@@ -64,17 +72,25 @@ class ActorsConfig(_Section):
 
 class ReplayConfig(_Section):
     capacity: int | Auto = Field(100_000, description="Live replay rows: a number, or 'auto' for the monitor.")
-    capacity_max: int = Field(1_000_000, ge=1024, le=10**9, description="Rows reserved up front (pages commit on first touch).")
+    capacity_max: int = Field(
+        1_000_000, ge=1024, le=10**9, description="Rows reserved up front (pages commit on first touch)."
+    )
     min_fill: int = Field(1_000, ge=1, description="Rows in the ring before the learner samples.")
-    samples_per_insert: float | None = Field(8.0, gt=0, description="Replay ratio held by the rate limiter (null: off).")
-    error_buffer: float | None = Field(None, gt=0, description="Rate limiter slack in samples (null: 4x the deadlock-free minimum).")
+    samples_per_insert: float | None = Field(
+        8.0, gt=0, description="Replay ratio held by the rate limiter (null: off)."
+    )
+    error_buffer: float | None = Field(
+        None, gt=0, description="Rate limiter slack in samples (null: 4x the deadlock-free minimum)."
+    )
     n_step: int = Field(3, ge=1, le=100, description="Steps in the n-step return.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
 
     @model_validator(mode="after")
     def _capacity_range(self) -> ReplayConfig:
         if self.capacity != "auto" and not 1024 <= self.capacity <= self.capacity_max:
-            raise ValueError(f"capacity: must be 'auto' or 1024..capacity_max ({self.capacity_max}), got {self.capacity}")
+            raise ValueError(
+                f"capacity: must be 'auto' or 1024..capacity_max ({self.capacity_max}), got {self.capacity}"
+            )
         return self
 
 
@@ -95,7 +111,9 @@ class LearnerConfig(_Section):
     @model_validator(mode="after")
     def _batch_range(self) -> LearnerConfig:
         if self.batch_size != "auto" and not 8 <= self.batch_size <= self.max_batch_size:
-            raise ValueError(f"batch_size: must be 'auto' or 8..max_batch_size ({self.max_batch_size}), got {self.batch_size}")
+            raise ValueError(
+                f"batch_size: must be 'auto' or 8..max_batch_size ({self.max_batch_size}), got {self.batch_size}"
+            )
         return self
 
 
@@ -160,7 +178,7 @@ def _one_line(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         near = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields) if parent else [], n=1)
-        hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else ""
+        hint = f"; did you mean '{'.'.join(map(str, (*loc[:-1], near[0])))}'?" if near else ""
         return f"{key}: unknown key{hint}{more}"
     msg = err["msg"].removeprefix("Value error, ")
     if ":" in msg.split(" ")[0]:  # our validators name the field themselves

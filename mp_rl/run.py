@@ -23,7 +23,9 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="mp_rl.run", description="Train an off-policy agent with actor processes and a learner.")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. learner.batch_size=128")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. learner.batch_size=128"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p.parse_args(argv)
 

@@ -7,6 +7,7 @@ an older write than the seq it was drawn for, is caught by `check_rows` and the 
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -141,3 +142,40 @@ def waiter_proc(addr_entry: dict, timeout: float, out) -> None:
     ok = Wakeup(seg.address).wait_for(lambda: atomics.load(flag) != 0, timeout)
     out.put(("waiter", (ok, time.monotonic())))
     seg.close()
+
+
+def claimer_proc(entry: dict, tries: int, out) -> None:
+    """Claim and release member slots in a loop; report every slot number claimed."""
+    from mp_rl.shm.control import ControlBlock, Kind
+
+    cb = ControlBlock.from_manifest(entry)
+    slots = []
+    for _ in range(tries):
+        try:
+            slot = cb.claim(Kind.ACTOR)
+        except RuntimeError:
+            continue
+        slots.append(slot)
+        # While we hold it nobody else may: mark it with our pid and check it stays ours.
+        assert int(cb.members[slot, 2]) == os.getpid()
+        cb.leave(slot)
+    out.put((os.getpid(), slots))
+    cb.close()
+
+
+def attached_actor_proc(run_dir: str, out) -> None:
+    """Join a run from its folder alone: claim a slot, read weights, write rows, count steps, leave."""
+    from mp_rl.shm.control import ATTACHED, Kind
+    from mp_rl.shm.manifest import SharedRun
+
+    run = SharedRun.attach(run_dir)
+    slot = run.control.claim(Kind.ACTOR, flags=ATTACHED)
+    flat = torch.zeros(run.board.numel)
+    version = run.board.read_into(flat)
+    w = run.ring.writer(token=slot + 1)
+    for b in range(4):
+        w.write(make_rows(slot, 64 * b, 64))
+    run.control.add("env_steps", 256)
+    out.put(("attached", (slot, version, float(flat[0]), run.control.live_members())))
+    run.control.leave(slot)
+    run.close()

@@ -125,7 +125,7 @@ def test_attach_by_name_sees_the_same_rows(ring):
 
 
 def test_write_rejects_oversized_block(ring):
-    with pytest.raises(ValueError, match="1..64 rows"):
+    with pytest.raises(ValueError, match=r"1\.\.64 rows"):
         ring.writer(1).write(make_rows(0, 0, 65))
 
 

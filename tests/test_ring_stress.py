@@ -62,7 +62,9 @@ def verify(ring: ReplayRing, records: dict, sampled: tuple) -> None:
 def run_stress(spawn, ring: ReplayRing, writers: int, blocks: int, extra=(), timeout: float = 90.0):
     q = spawn.Queue()
     entry = ring.describe()
-    procs = [spawn.Process(target=writer_proc, args=(entry, w, blocks, SIZES, q), name=f"writer-{w}") for w in range(writers)]
+    procs = [
+        spawn.Process(target=writer_proc, args=(entry, w, blocks, SIZES, q), name=f"writer-{w}") for w in range(writers)
+    ]
     procs.append(spawn.Process(target=sampler_proc, args=(entry, 128, timeout, q), name="sampler"))
     procs += [spawn.Process(target=fn, args=(entry, *args), name=fn.__name__) for fn, args in extra]
     for p in procs:

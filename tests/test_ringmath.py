@@ -45,6 +45,8 @@ def test_released_chunks_never_touch_the_live_window(cursor, capacity, chunks_ma
     new = ringmath.trim_target(cursor, capacity, chunk)
     released = list(ringmath.chunks_to_release(trim, new, cursor, capacity_max, chunk))
     for seq0 in released:
-        assert seq0 % chunk == 0 and seq0 + chunk <= cursor - capacity  # wholly behind the window, and less than capacity_max
+        assert (
+            seq0 % chunk == 0 and seq0 + chunk <= cursor - capacity
+        )  # wholly behind the window, and less than capacity_max
         assert seq0 >= cursor - capacity_max  # behind the cursor: so no live seq shares its slot
     assert len({ringmath.slot_of(s, capacity_max) for s in released}) == len(released)  # ... each slot once

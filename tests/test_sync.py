@@ -77,7 +77,7 @@ def test_the_limiter_holds_the_ratio_between_real_processes(shm_name, spawn):
             p.start()
         drain(q, 2, 90, procs)
         ring.close_waiters()
-        samples, torn, _, violations = drain(q, 1, 90, procs)["sampler"]
+        _samples, torn, _, violations = drain(q, 1, 90, procs)["sampler"]
         join_all(procs, 30)
         c = ring.counts()
         assert torn == 0 and violations == 0

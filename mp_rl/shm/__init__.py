@@ -9,7 +9,24 @@ from mp_rl.shm.segment import Segment, SegmentError, list_segments
 from mp_rl.shm.sync import RateLimit, RateLimitError, Wakeup
 
 __all__ = [
-    "AttachError", "ControlBlock", "FieldSpec", "Kind", "RateLimit", "RateLimitError", "ReplayRing",
-    "RingClosed", "RingSampler", "RingSpec", "RingWriter", "Segment", "SegmentError", "SharedRun", "State",
-    "WeightBoard", "Wakeup", "flatten_parameters", "list_segments", "read_manifest",
+    "AttachError",
+    "ControlBlock",
+    "FieldSpec",
+    "Kind",
+    "RateLimit",
+    "RateLimitError",
+    "ReplayRing",
+    "RingClosed",
+    "RingSampler",
+    "RingSpec",
+    "RingWriter",
+    "Segment",
+    "SegmentError",
+    "SharedRun",
+    "State",
+    "Wakeup",
+    "WeightBoard",
+    "flatten_parameters",
+    "list_segments",
+    "read_manifest",
 ]  # fmt: skip

@@ -47,7 +47,9 @@ class RingSpec:
     block: int = 64
 
     @classmethod
-    def for_transitions(cls, obs_shape, obs_dtype, capacity_max: int, block: int = 64, action_dtype="int64") -> RingSpec:
+    def for_transitions(
+        cls, obs_shape, obs_dtype, capacity_max: int, block: int = 64, action_dtype="int64"
+    ) -> RingSpec:
         """Rows for n-step DQN: obs, action, n-step return, discount (gamma^n, 0 at terminal), next obs."""
         obs = (tuple(obs_shape), np.dtype(obs_dtype).str)
         fields = (
@@ -245,4 +247,3 @@ class ReplayRing:
 def rows_like(spec: RingSpec, n: int) -> dict[str, np.ndarray]:
     """Zero rows shaped for `spec` (tests and examples)."""
     return {f.name: np.zeros((n, *f.shape), dtype=f.dtype) for f in spec.fields}
-

@@ -12,6 +12,7 @@ line; page aligned when large, so ranges of a big array can be released with mad
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -78,7 +79,9 @@ class Layout:
         }
 
     def to_json(self) -> list[dict]:
-        return [{"name": a.name, "dtype": a.dtype, "shape": list(a.shape), "offset": a.offset} for a in self.arrays.values()]
+        return [
+            {"name": a.name, "dtype": a.dtype, "shape": list(a.shape), "offset": a.offset} for a in self.arrays.values()
+        ]
 
     @classmethod
     def from_json(cls, items: list[dict]) -> Layout:
@@ -109,7 +112,9 @@ class Segment:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise SegmentError(f"segment {name} already exists (another run, or a dead one: mp_rl.tools.cleanup)") from None
+            raise SegmentError(
+                f"segment {name} already exists (another run, or a dead one: mp_rl.tools.cleanup)"
+            ) from None
         try:
             os.fchmod(fd, 0o600)  # the umask cannot widen 0600, but be explicit about intent
             os.ftruncate(fd, size)  # sparse: pages are committed only when first touched
@@ -159,10 +164,8 @@ class Segment:
         """Remove the name (owner only). Processes that still map it keep their mapping."""
         if not self.owner:
             raise SegmentError(f"only the owner may unlink {self.name}")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(self.name))
-        except FileNotFoundError:
-            pass
 
 
 def list_segments() -> list[str]:

@@ -85,8 +85,8 @@ class RateLimit:
         need = (self.block * self.samples_per_insert + self.max_batch) / 2
         if self.error_buffer < need:
             raise RateLimitError(
-                f"error_buffer {self.error_buffer:g} could deadlock: with samples_per_insert={self.samples_per_insert:g}, "
-                f"block={self.block} and batch up to {self.max_batch} it must be at least {need:g}"
+                f"error_buffer {self.error_buffer:g} could deadlock: with "
+                f"samples_per_insert={self.samples_per_insert:g}, block={self.block} and batch up to {self.max_batch} it must be at least {need:g}"
             )
 
     @property

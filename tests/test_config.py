@@ -1,0 +1,100 @@
+"""Config: every bad input is one line naming the key, exit code 2, nothing created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mp_rl.config import Config, ConfigError, dump_config, load_config
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path):
+    cfg = load_config(path)
+    assert Config.model_validate(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_overrides_reach_nested_fields_with_yaml_types():
+    cfg = load_config(
+        None, ["learner.batch_size=128", "learner.lr=1e-4", "learner.hidden=[64, 64]", "actors.count=auto"]
+    )
+    assert cfg.learner.batch_size == 128 and cfg.learner.lr == 1e-4
+    assert cfg.learner.hidden == (64, 64) and cfg.actors.count == "auto"
+
+
+def test_config_objects_are_frozen():
+    cfg = load_config(None)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.learner.lr = 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learner.bactch_size=64"], "learner.bactch_size: unknown key; did you mean 'learner.batch_size'?"),
+        (["lerner.lr=1"], "lerner: unknown key; did you mean 'learner'?"),
+        (["learner.lr=fast"], "learner.lr: Input should be a valid number"),
+        (["learner.batch_size=big"], "learner.batch_size: should be a number or 'auto' (got 'big')"),
+        (["learner.batch_size=4"], "learner.batch_size: must be 'auto' or 8..max_batch_size (2048), got 4"),
+        (["replay.gamma=1.5"], "replay.gamma: Input should be less than or equal to 1"),
+        (["learner.device=tpu"], "learner.device: Input should be 'auto', 'cpu' or 'cuda'"),
+        (["replay.error_buffer=1"], "replay.error_buffer: error_buffer 1 could deadlock"),
+        (["learner"], "override 'learner': expected key.sub=value"),
+        (["learner.lr.x=1"], "learner.lr: Input should be a valid number (got {'x': 1})"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_the_key_and_the_problem(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files_say_which_file_and_why(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("run: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):  # safe_load refuses to build objects
+        load_config(unsafe)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--config", "configs/missing.yaml"], "config file configs/missing.yaml not found"),
+        (["--config", "configs/smoke.yaml", "learner.batch_sise=8"], "learner.batch_sise: unknown key"),
+        (["--config", "configs/smoke.yaml", "replay.n_step=0"], "replay.n_step: Input should be greater than or equal"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)  # fmt: skip
+def test_the_cli_refuses_bad_input_with_one_line_and_exit_2(tmp_path, args, needle):
+    repo = Path(__file__).parent.parent
+    cmd = [sys.executable, "-m", "mp_rl.run", *args, "run.runs_dir=" + str(tmp_path / "runs")]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stdout == ""
+    assert not (tmp_path / "runs").exists()  # nothing created
+
+
+def test_the_cli_prints_the_resolved_config():
+    repo = Path(__file__).parent.parent
+    cmd = [sys.executable, "-m", "mp_rl.run", "--config", "configs/smoke.yaml", "learner.lr=0.01", "--print-config"]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["learner"]["lr"] == 0.01
