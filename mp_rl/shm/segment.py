@@ -152,10 +152,9 @@ class Segment:
 
     def close(self) -> None:
         """Unmap and close. Views still alive keep the mapping until they are collected."""
-        try:
+        # Numpy views may still reference the mapping; then it goes when they do.
+        with contextlib.suppress(BufferError):
             self.buf.close()
-        except BufferError:
-            pass  # numpy views still reference it; the mapping goes when they do
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
