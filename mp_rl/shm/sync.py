@@ -75,6 +75,15 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         if self.min_fill < 1:
+            raise RateLimitError("min_fill must be at least 1")
+        if self.samples_per_insert is None:
+            return
+        if not (self.samples_per_insert > 0 and math.isfinite(self.samples_per_insert)):
+            raise RateLimitError(f"samples_per_insert must be a positive number, got {self.samples_per_insert}")
+        # Both sides blocked at once needs D > max_diff - block*spi and D < min_diff + max_batch: the
+        # window between the limits must fit one block of inserts plus one batch of samples.
+        need = (self.block * self.samples_per_insert + self.max_batch) / 2
+        if self.error_buffer < need:
             raise RateLimitError(
                 f"error_buffer {self.error_buffer:g} could deadlock: with samples_per_insert="
                 f"{self.samples_per_insert:g}, block={self.block} and batch up to {self.max_batch} "
