@@ -77,12 +77,16 @@ class WeightBoard:
         return atomics.load(self.version_addr)
 
     def pin(self) -> bool:
-        """Register the host slots as pinned memory (CUDA only); True if they are now pinned."""
+        """Register the host slots as pinned memory (CUDA only); True if they are now pinned.
+
+        cudaHostRegister on the shared mapping itself: the publish's device-to-host copy is then one
+        DMA straight into shared memory. Flag 1 is cudaHostRegisterPortable (pinned for every context).
+        """
         if self._pinned or not torch.cuda.is_available():
             return self._pinned
         ptr, nbytes = self.slots[0].data_ptr(), 2 * self.numel * 4
-        err = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
-        self._pinned = int(err) == 0
+        err = int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 1))
+        self._pinned = err == 0 and self.slots[0].is_pinned() and self.slots[1].is_pinned()
         return self._pinned
 
     def unpin(self) -> None:
