@@ -6,7 +6,7 @@ import time
 
 import pytest
 from helpers import drain, join_all
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mp_rl.shm import atomics
@@ -56,6 +56,8 @@ def test_a_deadlocking_setting_is_refused_at_construction():
         RateLimit(samples_per_insert=-1, min_fill=10, error_buffer=1e9, block=64, max_batch=64)
 
 
+@settings(max_examples=1000)
+@example(spi=1.0, min_fill=1, block=4, batch=1, slack=1.0, inserts=0, samples=0)  # min_fill below one block
 @given(
     st.floats(0.01, 64), st.integers(1, 10_000), st.integers(1, 256), st.integers(1, 1024),
     st.floats(1.0, 4.0), st.integers(0, 10**6), st.integers(0, 10**7),

@@ -59,7 +59,8 @@ class RateLimit:
 
     With D = inserts * samples_per_insert - samples, an insert of n rows is allowed while
     D + n * spi <= min_fill * spi + error_buffer, and a sample of m rows while inserts >= min_fill
-    and D - m >= min_fill * spi - error_buffer. `samples_per_insert=None` never blocks inserts
+    and D - m >= min_fill * spi - error_buffer; below min_fill inserts always pass.
+    `samples_per_insert=None` never blocks inserts
     (sampling still waits for `min_fill`).
 
     >>> lim = RateLimit(samples_per_insert=4.0, min_fill=1000, error_buffer=4096, block=64, max_batch=256)
@@ -99,7 +100,10 @@ class RateLimit:
         return self.min_fill * (self.samples_per_insert or 0.0) + self.error_buffer
 
     def can_insert(self, inserts: int, samples: int, n: int) -> bool:
-        if self.samples_per_insert is None or inserts + n <= self.min_fill:
+        # Below min_fill inserts always pass (the sampler cannot run yet, so nothing else could
+        # unblock them). At or above it, if an insert is blocked then D > max_diff - n*spi, and
+        # with 2*error_buffer >= n*spi + m that gives D - m >= min_diff: the sampler may go.
+        if self.samples_per_insert is None or inserts < self.min_fill:
             return True
         return (inserts + n) * self.samples_per_insert - samples <= self.max_diff
 
