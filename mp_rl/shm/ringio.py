@@ -35,8 +35,6 @@ class RingWriter:
         self.ring, self.token = ring, token
         self.block = ring.spec.block
         self.last_seq = -1
-        cap = ring.capacity
-        self._trim_every = max(ring.chunk, cap // 8 // ring.chunk * ring.chunk)
 
     def _may_insert(self, n: int) -> bool:
         r = self.ring
@@ -77,7 +75,8 @@ class RingWriter:
             atomics.fetch_add(r.tally_addr + 8, self.block - n)
         r.sample_wakeup.notify()
         self.last_seq = seq
-        if r.cursor - r.capacity - r.trim_mark >= self._trim_every:
+        capacity = r.capacity
+        if r.cursor - capacity - r.trim_mark >= max(r.chunk, capacity // 8):  # release in eighths
             r.trim()
         return True
 
