@@ -1,0 +1,118 @@
+"""Environments: Gymnasium ids or `module:Class`, batched per actor as one vector env.
+
+Atari ids (`ALE/...`) get Gymnasium's AtariPreprocessing (84x84 grey, frame skip 4, no-op starts)
+and frame stacking, observations kept uint8. Missing Atari support is one clear line naming the
+`atari` extra, raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from mp_rl.config import EnvConfig
+
+
+class EnvError(ValueError):
+    """A bad environment id or a missing optional dependency; str() is the one line to show."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the ring and the networks need to know about an environment."""
+
+    obs_shape: tuple[int, ...]
+    obs_dtype: str
+    n_actions: int
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def _class_factory(env_id: str) -> Callable[[], gym.Env] | None:
+    """`package.module:ClassName` -> a constructor; None when `env_id` is not of that form."""
+    module_name, sep, attr = env_id.partition(":")
+    if not sep or not attr.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EnvError(f"env.id {env_id!r}: cannot import {module_name}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type) or not issubclass(cls, gym.Env):
+        raise EnvError(f"env.id {env_id!r}: {attr} is not a gymnasium.Env class in {module_name}")
+    return cls
+
+
+def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
+    """A zero-argument constructor for one (wrapped) environment; validates the id first."""
+    env_id = cfg.id
+    cls = _class_factory(env_id)
+    if cls is not None:
+        return lambda: _limit(cls(), cfg)
+    if is_atari(env_id):
+        try:
+            import ale_py
+
+            gym.register_envs(ale_py)
+        except ImportError:
+            raise EnvError(f"env.id {env_id!r} needs the atari extra: pip install -e '.[atari]'") from None
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as exc:
+        raise EnvError(f"env.id {env_id!r}: {exc}") from None
+    if is_atari(env_id):
+        return lambda: _atari(env_id, cfg)
+    return lambda: _limit(gym.make(env_id), cfg)
+
+
+def _limit(env: gym.Env, cfg: EnvConfig) -> gym.Env:
+    if cfg.max_episode_steps is not None:
+        env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+    return env
+
+
+def _atari(env_id: str, cfg: EnvConfig) -> gym.Env:
+    # frameskip=1 in the base env: AtariPreprocessing does the skipping (and max-pools frames).
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)
+    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=30)
+    env = gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
+    return _limit(env, cfg)
+
+
+def make_vector_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> gym.vector.VectorEnv:
+    """`num_envs` copies stepped together (in-process: batching is for inference, processes for cores)."""
+    factory = env_factory(cfg)
+    n = num_envs or cfg.envs_per_actor
+    env = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    env.reset(seed=seed)
+    return env
+
+
+def probe(cfg: EnvConfig) -> EnvSpec:
+    """Build one environment to read its spaces; raises EnvError on an id that is no good."""
+    try:
+        env = env_factory(cfg)()
+    except EnvError:
+        raise
+    except Exception as exc:  # a constructor that fails is a bad env id too, from the user's side
+        raise EnvError(f"env.id {cfg.id!r} could not be created: {exc.__class__.__name__}: {exc}") from None
+    try:
+        obs, act = env.observation_space, env.action_space
+        if not isinstance(act, gym.spaces.Discrete):
+            raise EnvError(f"env.id {cfg.id!r}: mp_rl's DQN needs a Discrete action space, got {act}")
+        if not isinstance(obs, gym.spaces.Box):
+            raise EnvError(f"env.id {cfg.id!r}: needs a Box observation space, got {obs}")
+        dtype = np.dtype(np.uint8) if obs.dtype == np.uint8 else np.dtype(np.float32)
+        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n))
+    finally:
+        env.close()
