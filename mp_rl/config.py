@@ -39,6 +39,11 @@ class RunConfig(_Section):
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds (null: no limit).")
     target_return: float | None = Field(None, description="Stop once the greedy evaluation mean reaches this.")
     serial: bool = Field(False, description="Run actor, learner and monitor in one process (debugging, tests).")
+    stop_deadline_s: float = Field(5.0, gt=0, description="Seconds for children to stop before terminate, then kill.")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="A member silent this long is hung: killed, restarted.")
+    max_restarts: int = Field(
+        5, ge=0, description="Restarts allowed per actor slot before the run stops with an error."
+    )
 
 
 class EnvConfig(_Section):
@@ -117,6 +122,11 @@ class LearnerConfig(_Section):
         return self
 
 
+class EvalConfig(_Section):
+    episodes: int = Field(20, ge=1, le=1000, description="Greedy episodes per evaluation.")
+    every_s: float = Field(20.0, gt=0, description="Seconds between evaluations (run in the supervisor).")
+
+
 class MonitorConfig(_Section):
     enabled: bool = Field(True, description="Run the resource monitor.")
     interval_s: float = Field(0.1, gt=0, le=60, description="Seconds between samples of the machine.")
@@ -135,6 +145,7 @@ class Config(_Section):
     actors: ActorsConfig = ActorsConfig()
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
+    eval: EvalConfig = EvalConfig()
     monitor: MonitorConfig = MonitorConfig()
     logging: LoggingConfig = LoggingConfig()
 

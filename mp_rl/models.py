@@ -42,3 +42,10 @@ class NatureCNN(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.head(self.torso(frames.float() / 255.0))
+
+
+def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool) -> nn.Module:
+    """Nature CNN for (frames, 84, 84) observations, an MLP for flat vectors."""
+    if len(obs_shape) == 3:
+        return NatureCNN(obs_shape[0], n_actions, dueling)
+    return mlp_q(int(torch.tensor(obs_shape).prod()), n_actions, hidden, dueling)

@@ -62,7 +62,9 @@ class NStepBuilder:
         first = max(int(self.start[e]), t - self.n + 2)
         starts = np.arange(first, t + 1)
         k = t + 1 - starts  # horizon of each row
-        rew = np.array([self.powers[:h] @ self.rew[(s + np.arange(h)) % self.n, e] for s, h in zip(starts, k, strict=True)])
+        rew = np.array(
+            [self.powers[:h] @ self.rew[(s + np.arange(h)) % self.n, e] for s, h in zip(starts, k, strict=True)]
+        )
         disc = np.zeros(len(starts)) if terminated else self.powers[k]
         nxt = np.broadcast_to(final_obs, (len(starts), *final_obs.shape))
         return self._pack(self.obs[starts % self.n, e], self.act[starts % self.n, e], rew, disc, nxt)

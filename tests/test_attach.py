@@ -86,12 +86,12 @@ def test_attach_errors_are_one_clear_line(tmp_path, run):
 
 def test_a_failed_create_leaves_nothing_behind(tmp_path, shm_name):
     run_id = shm_name("x").split(".")[1]
-    squatter = Segment.create(segment_name(run_id, "board"), 4096)  # the second segment cannot be made
+    squatter = Segment.create(segment_name(run_id, "ring"), 4096)  # the second segment cannot be made
     try:
         before = set(list_segments())
         with pytest.raises(Exception, match="already exists"):
             SharedRun.create(tmp_path, run_id, checked_spec(4096), RateLimit(None, 1, 0, 64, 64), 10, 4)
-        assert set(list_segments()) == before  # the ring it had made is gone again
+        assert set(list_segments()) == before  # the control block it had made is gone again
         assert not (tmp_path / "manifest.json").exists()
     finally:
         squatter.close()

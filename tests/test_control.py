@@ -49,7 +49,11 @@ def test_counters_targets_and_stop(shm_name):
     try:
         cb.add("env_steps", 100)
         cb.add("episodes", 2)
-        assert cb.counters() == {"env_steps": 100, "episodes": 2, "updates": 0}
+        assert cb.counters()["env_steps"] == 100 and cb.counters()["episodes"] == 2
+        cb.report_episode(0, ret=9.5, length=10)
+        rows, cursor = cb.episodes_since(0)
+        assert rows.tolist() == [[9.5, 10.0, 0.0]] and cursor == 1 and cb.counters()["episodes"] == 3
+        assert cb.episodes_since(cursor)[0].size == 0
         cb.set_target("batch_size", 256)
         assert cb.target("batch_size") == 256
         assert not cb.wait_stop(0.01)

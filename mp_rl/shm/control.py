@@ -37,7 +37,8 @@ ATTACHED = 1  # member flag: started by hand (mp_rl.attach); the monitor never r
 
 # Column meaning of a member row (eight int64 words = one cache line).
 M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = range(8)
-COUNTERS = ("env_steps", "episodes", "updates")
+COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
+EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
 TARGETS = ("actors", "batch_size", "capacity")
 
 
@@ -48,6 +49,8 @@ class ControlBlock:
     >>> slot = cb.claim(Kind.ACTOR)
     >>> cb.add("env_steps", 128)
     128
+    >>> cb.report_episode(slot, ret=21.0, length=21); cb.episodes_since(0)[0].tolist()
+    [[21.0, 21.0, 0.0]]
     >>> cb.leave(slot); cb.destroy()
     """
 
@@ -56,6 +59,8 @@ class ControlBlock:
         v = self.layout_for(max_members).views(segment.buf)
         self._run, self._counters, self._targets = v["run"], v["counters"], v["targets"]
         self.members = v["members"]
+        self._ep_log, self._ep_cursor = v["ep_log"], v["ep_cursor"]
+        self._ep_cursor_addr = atomics.address_of(v["ep_cursor"])
         self._counter_addr = atomics.address_of(v["counters"])
         self._member_addr = atomics.address_of(self.members.reshape(-1))
         self.stop_addr = atomics.address_of(v["run"], 2)
@@ -65,7 +70,8 @@ class ControlBlock:
     def layout_for(max_members: int) -> Layout:
         return Layout.build(
             [("run", "<i8", (8,)), ("counters", "<i8", (8,)), ("targets", "<i8", (8,)),
-             ("wake", "<i4", (16,)), ("members", "<i8", (max_members, 8))]
+             ("wake", "<i4", (16,)), ("members", "<i8", (max_members, 8)),
+             ("ep_cursor", "<i8", (8,)), ("ep_log", "<f8", (EPISODE_LOG, 4))]
         )  # fmt: skip
 
     @classmethod
@@ -121,6 +127,28 @@ class ControlBlock:
 
     def target(self, name: str) -> int:
         return int(self._targets[TARGETS.index(name)])
+
+    def set_counter(self, counter: str, value: int) -> None:
+        """Set a counter outright (resume restores counters from a checkpoint)."""
+        atomics.store(self._counter_addr + 8 * COUNTERS.index(counter), value)
+
+    # --- episodes ---------------------------------------------------------------------------
+    def report_episode(self, slot: int, ret: float, length: int) -> None:
+        """Log one finished episode; the stamp is written last so readers never see half a row."""
+        i = atomics.fetch_add(self._ep_cursor_addr, 1)
+        row = self._ep_log[i % EPISODE_LOG]
+        row[3] = 0
+        row[:3] = (ret, length, slot)
+        atomics.fence()
+        row[3] = i + 1
+        self.add("episodes", 1)
+
+    def episodes_since(self, cursor: int) -> tuple[np.ndarray, int]:
+        """Episodes logged since `cursor` as rows (return, length, slot); and the new cursor."""
+        end = int(self._ep_cursor[0])
+        idx = np.arange(max(cursor, end - EPISODE_LOG), end)
+        rows = self._ep_log[idx % EPISODE_LOG].copy()
+        return rows[rows[:, 3] == idx + 1, :3], end
 
     # --- membership -------------------------------------------------------------------------
     def claim(self, kind: Kind, pid: int | None = None, flags: int = 0, index: int = -1) -> int:
@@ -181,7 +209,7 @@ class ControlBlock:
         return rows
 
     def close(self) -> None:
-        self._run = self._counters = self._targets = self.members = None
+        self._run = self._counters = self._targets = self.members = self._ep_log = self._ep_cursor = None
         self.segment.close()
 
     def destroy(self) -> None:

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -73,18 +73,22 @@ class SharedRun:
     board: WeightBoard
     control: ControlBlock
     owner: bool
+    info: dict = field(default_factory=dict)  # what else the run records (env spec, config path)
 
     @classmethod
     def create(
         cls, run_dir: Path, run_id: str, spec: RingSpec, limit: RateLimit, numel: int, max_members: int,
-        capacity: int | None = None,
+        capacity: int | None = None, info: dict | None = None,
     ) -> SharedRun:  # fmt: skip
         made: list = []
         try:
+            # The control block first: it names the owner, so cleanup never takes a run that is
+            # still being created for a dead one.
+            control = ControlBlock.create(segment_name(run_id, "control"), max_members)
+            made.append(control)
             made.append(ReplayRing.create(segment_name(run_id, "ring"), spec, limit, capacity))
             made.append(WeightBoard.create(segment_name(run_id, "board"), numel))
-            made.append(ControlBlock.create(segment_name(run_id, "control"), max_members))
-            run = cls(run_id, *made, owner=True)
+            run = cls(run_id, made[1], made[2], control, owner=True, info=info or {})
             run.write_manifest(Path(run_dir))
             return run
         except BaseException:
@@ -100,6 +104,7 @@ class SharedRun:
             "owner_started": me.create_time(),
             "owner_uid": os.getuid(),
             "created": time.time(),
+            "info": self.info,
             "segments": {
                 "ring": {**self.ring.describe(), "layout": self.ring.layout.to_json()},
                 "board": {**self.board.describe(), "layout": self.board.layout.to_json()},
@@ -125,7 +130,7 @@ class SharedRun:
             for part in made:
                 part.close()
             raise AttachError(f"cannot attach to run {manifest.get('run_id')}: {exc}") from None
-        return cls(manifest["run_id"], *made, owner=False)
+        return cls(manifest["run_id"], *made, owner=False, info=manifest.get("info", {}))
 
     def close(self) -> None:
         """Unmap everything; the owner also unlinks every segment."""

@@ -1,0 +1,201 @@
+"""The learner: Double DQN (optional dueling head), n-step targets, Huber loss, Adam, gradient clipping,
+hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published every K updates.
+
+`Learner` is a plain object; `procs.learner_main` is the process shell around it.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mp_rl import checkpoint
+from mp_rl.config import Config
+from mp_rl.envs import EnvSpec
+from mp_rl.models import build_q_network
+from mp_rl.shm.board import flatten_parameters
+from mp_rl.shm.manifest import SharedRun
+from mp_rl.shm.ringio import RingClosed
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class Prefetcher:
+    """A thread that samples the next batch (into pinned memory on CUDA) and stages it on the device.
+
+    Three sampler buffers rotate: one being filled, one waiting in the hand-over queue, one in use
+    by the learner, so a buffer is never refilled while the learner still reads it. On CUDA the copy
+    runs on its own stream and the learner's stream waits on its event.
+    """
+
+    def __init__(self, shared: SharedRun, max_batch: int, device: torch.device, batch_size, seed: int):
+        self.ring, self.device, self.batch_size = shared.ring, device, batch_size
+        pin = device.type == "cuda"
+        self.samplers = [shared.ring.sampler(max_batch, pin_memory=pin, seed=seed + i) for i in range(3)]
+        self.stream = torch.cuda.Stream(device) if pin else None
+        self.handoff: queue.Queue = queue.Queue(maxsize=1)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="prefetch", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        i = 0
+        try:
+            while not self.stopped.is_set():
+                batch = self.samplers[i % 3].sample(self.batch_size(), timeout=0.25)
+                if batch is None:
+                    continue
+                item = self._to_device(batch)
+                while not self.stopped.is_set():
+                    try:
+                        self.handoff.put(item, timeout=0.25)
+                        break
+                    except queue.Full:
+                        continue
+                i += 1
+        except RingClosed:
+            self.stopped.set()
+
+    def _to_device(self, batch: dict[str, torch.Tensor]):
+        if self.stream is None:
+            return batch, None
+        with torch.cuda.stream(self.stream):
+            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        done.synchronize()  # the pinned buffer may be refilled two batches from now; be sure it is read
+        return moved, done
+
+    def get(self, timeout: float) -> dict[str, torch.Tensor] | None:
+        try:
+            batch, done = self.handoff.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if done is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            for t in batch.values():
+                t.record_stream(stream)
+        return batch
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=2.0)
+
+
+class Learner:
+    """Trains on sampled batches and publishes weights to the board."""
+
+    def __init__(
+        self, cfg: Config, shared: SharedRun, spec: EnvSpec, device: torch.device | None = None, seed: int = 0
+    ):
+        self.cfg, self.shared = cfg, shared
+        self.device = device or pick_device(cfg.learner.device)
+        lc = cfg.learner
+        self.online = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).to(self.device)
+        self.flat = flatten_parameters(self.online)  # publish = one copy of this
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=1.5e-4)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and lc.amp else None
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.max_batch = lc.max_batch_size if lc.batch_size == "auto" else lc.batch_size
+        self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed) if lc.prefetch else None
+        self.sampler = None if lc.prefetch else shared.ring.sampler(self.max_batch, pin_memory=cuda, seed=seed)
+        self.updates = 0
+        self.last_loss = float("nan")
+        if cuda:
+            shared.board.pin()
+
+    def batch_size(self) -> int:
+        if self.cfg.learner.batch_size != "auto":
+            return self.cfg.learner.batch_size
+        target = self.shared.control.target("batch_size")
+        return min(max(target, 8), self.max_batch) if target else min(64, self.max_batch)
+
+    def next_batch(self, timeout: float) -> dict[str, torch.Tensor] | None:
+        if self.prefetch is not None:
+            return self.prefetch.get(timeout)
+        batch = self.sampler.sample(self.batch_size(), timeout=timeout)
+        return None if batch is None else {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        q = self.online(b["obs"]).gather(1, b["action"].long().unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            best = self.online(b["next_obs"]).argmax(dim=1, keepdim=True)  # Double DQN: online picks,
+            next_q = self.target(b["next_obs"]).gather(1, best).squeeze(1)  # target evaluates
+            y = b["reward"] + b["discount"] * next_q.float()
+        return F.smooth_l1_loss(q.float(), y)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> float:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.learner.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.updates += 1
+        lc = self.cfg.learner
+        if lc.target_update:
+            if self.updates % lc.target_update == 0:
+                self.target.load_state_dict(self.online.state_dict())
+        else:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), lc.tau)
+        return float(loss.detach())
+
+    def step(self, timeout: float = 0.25) -> bool:
+        """One update if a batch comes within `timeout`; publishes and counts. False if none came."""
+        t0 = time.monotonic_ns()
+        batch = self.next_batch(timeout)
+        self.shared.control.add("learner_wait_ns", time.monotonic_ns() - t0)
+        if batch is None:
+            return False
+        self.last_loss = self.update(batch)
+        self.shared.control.add("updates", 1)
+        if self.updates % self.cfg.learner.publish_every == 0:
+            self.publish()
+        return True
+
+    def publish(self) -> int:
+        return self.shared.board.publish(self.flat.detach())
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {**self.shared.control.counters(), "updates": self.updates},
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def save(self, path: Path) -> None:
+        checkpoint.save(path, self.state())
+
+    def restore(self, ckpt: dict) -> None:
+        self.online.load_state_dict(ckpt["model"])
+        self.target.load_state_dict(ckpt["target"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.updates = int(ckpt["counters"]["updates"])
+
+    def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()

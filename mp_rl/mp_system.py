@@ -1,0 +1,239 @@
+"""The supervisor: create the shared segments, spawn learner and actors, watch them, stop in stages.
+
+Order of a run: preflight (nothing created on bad input) -> run folder + segments -> learner ->
+actors -> watch loop (status line, metrics, evaluation, restarts) -> staged stop (stop flag ->
+join -> terminate -> kill, under one deadline) -> final evaluation -> unlink every segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from setproctitle import setproctitle
+
+from mp_rl.config import Config, dump_config
+from mp_rl.evaluator import Evaluator
+from mp_rl.preflight import Plan
+from mp_rl.procs import actor_main, learner_main, title
+from mp_rl.shm.control import Kind
+from mp_rl.shm.manifest import SharedRun, write_json_atomic
+from mp_rl.status import Metrics, StatusOutput
+from mp_rl.tools.cleanup import remove_dead
+
+log = logging.getLogger("mp_rl.supervisor")
+
+
+def numel_for(cfg: Config, spec) -> int:
+    """Parameter count of the Q-network this config builds (the weight board's size)."""
+    from mp_rl.models import build_q_network
+
+    lc = cfg.learner
+    return sum(q.numel() for q in build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).parameters())
+
+
+@dataclass
+class Member:
+    kind: str
+    slot: int
+    index: int
+    process: mp.process.BaseProcess | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, run_dir: Path, resume: Path | None = None, counters: dict | None = None):
+        self.plan, self.cfg, self.run_dir, self.run_id = plan, plan.cfg, run_dir, run_dir.name
+        self.resume, self.counters = resume, counters or {}
+        self.ctx = mp.get_context("spawn")  # CUDA-safe: no inherited CUDA context, clean interpreters
+        self.members: dict[int, Member] = {}
+        self.signals = 0
+        self.error: str | None = None
+        self.reason = ""
+        self.shared: SharedRun | None = None
+
+    # --- start --------------------------------------------------------------------------------
+    def start(self) -> None:
+        setproctitle(title(self.run_id, "supervisor"))
+        for run_id in remove_dead():
+            log.warning("removed the segments of dead run %s", run_id)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        p, numel = self.plan, self._numel()
+        info = {"env": {"obs_shape": list(p.spec.obs_shape), "obs_dtype": p.spec.obs_dtype, "n_actions": p.spec.n_actions},
+                "config": str(self.run_dir / "config.yaml")}  # fmt: skip
+        self.shared = SharedRun.create(
+            self.run_dir, self.run_id, p.ring, p.limit, numel, p.max_members, p.capacity, info
+        )
+        control = self.shared.control
+        for name in ("env_steps", "episodes", "updates"):
+            control.set_counter(name, int(self.counters.get(name, 0)))
+        control.set_target("actors", p.actors)
+        control.set_target("capacity", p.capacity)
+        if self.cfg.learner.batch_size != "auto":
+            control.set_target("batch_size", self.cfg.learner.batch_size)
+        self._spawn(Member("learner", control.claim(Kind.LEARNER, pid=0), 0))
+        for i in range(p.actors):
+            self._spawn(Member("actor", control.claim(Kind.ACTOR, pid=0, index=i), i))
+
+    def _numel(self) -> int:
+        return numel_for(self.cfg, self.plan.spec)
+
+    def _spawn(self, m: Member) -> None:
+        cfg_json, me = self.cfg.model_dump(mode="json"), self._pid()
+        if m.kind == "learner":
+            args = (str(self.run_dir), cfg_json, m.slot, str(self.resume) if self.resume else None, me)
+            target = learner_main
+        else:
+            seed = self.cfg.run.seed + 1000 * m.restarts + m.index
+            args = (str(self.run_dir), cfg_json, m.slot, m.index, self.plan.actors, seed, me)
+            target = actor_main
+        m.process = self.ctx.Process(target=target, args=args, name=f"{m.kind}-{m.index}")
+        self.shared.control.heartbeat(m.slot)  # a fresh member gets a full timeout to start
+        m.process.start()
+        m.started, m.restart_at = time.monotonic(), None
+        self.members[m.slot] = m
+
+    @staticmethod
+    def _pid() -> int:
+        import os
+
+        return os.getpid()
+
+    # --- watch --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, watch until a stop condition, stop in stages. Returns the process exit code."""
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        out = StatusOutput(self.run_dir, self.run_id)
+        try:
+            self.start()
+            if self.cfg.logging.tensorboard and not out.enable_tensorboard(self.run_dir):
+                out.say("logging.tensorboard: tensorboard is not installed; metrics.jsonl only")
+            for warning in self.plan.warnings:
+                out.say(f"warning: {warning}")
+            out.say(f"run folder {self.run_dir}")
+            self._watch(out)
+        finally:
+            final = self._shutdown(out)
+            out.close()
+        if final:
+            write_json_atomic(self.run_dir / "summary.json", final)
+        return 1 if self.error else 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals += 1
+        self.reason = self.reason or f"{signal.Signals(signum).name.lower()} received"
+        if self.shared is not None:
+            self.shared.control.request_stop()
+
+    def _watch(self, out: StatusOutput) -> None:
+        control, cfg = self.shared.control, self.cfg
+        metrics = Metrics(self.shared)
+        self.evaluator = Evaluator(cfg, self.plan.spec, self.shared, self.run_dir)
+        started, next_status = time.monotonic(), time.monotonic() + cfg.logging.status_every_s
+        while not control.wait_stop(0.1):
+            self._check_members()
+            if self.error:
+                break
+            now = time.monotonic()
+            if now >= next_status:
+                m = metrics.snapshot()
+                m["eval_return"] = self.evaluator.last
+                out.show(m, self.evaluator.describe())
+                next_status = now + cfg.logging.status_every_s
+            self.evaluator.maybe_start()
+            if control.counters()["env_steps"] >= cfg.run.total_env_steps:
+                self.reason = f"run.total_env_steps {cfg.run.total_env_steps:,} reached"
+            elif cfg.run.wall_time_s and now - started >= cfg.run.wall_time_s:
+                self.reason = f"run.wall_time_s {cfg.run.wall_time_s:g} reached"
+            elif self.evaluator.reached_target():
+                self.reason = f"evaluation return {self.evaluator.last:.1f} reached run.target_return"
+            if self.reason:
+                break
+
+    def _check_members(self) -> None:
+        control, now = self.shared.control, time.monotonic()
+        timeout = self.cfg.run.heartbeat_timeout_s
+        for m in list(self.members.values()):
+            if m.restart_at is not None:
+                if now >= m.restart_at:
+                    self._spawn(m)
+                continue
+            hung = m.process.is_alive() and control.members[m.slot, 3] and self._age(m.slot) > timeout
+            if hung:
+                log.warning("%s-%d silent for %.0fs: killing it", m.kind, m.index, self._age(m.slot))
+                m.process.kill()
+                m.process.join(5)
+            if m.process.exitcode is None:
+                continue
+            if m.kind == "learner":
+                self.error = (
+                    f"learner exited with code {m.process.exitcode} (traceback in {self.run_dir}/logs/learner.log)"
+                )
+                return
+            self._schedule_restart(m)
+
+    def _age(self, slot: int) -> float:
+        return (time.monotonic_ns() - int(self.shared.control.members[slot, 3])) / 1e9
+
+    def _schedule_restart(self, m: Member) -> None:
+        self.shared.ring.void_member(m.slot + 1)  # leases its dead writer held
+        m.restarts += 1
+        if m.restarts > self.cfg.run.max_restarts:
+            self.error = f"actor-{m.index} failed {m.restarts} times (see {self.run_dir}/logs/actor-{m.index}.log)"
+            return
+        delay = min(10.0, 0.5 * 2 ** (m.restarts - 1))
+        log.warning("actor-%d exited with code %s; restart %d in %.1fs", m.index, m.process.exitcode, m.restarts, delay)
+        m.restart_at = time.monotonic() + delay
+
+    # --- stop ---------------------------------------------------------------------------------
+    def _shutdown(self, out: StatusOutput) -> dict | None:
+        if self.shared is None:
+            return None
+        self.reason = self.error or self.reason or "stopped"
+        out.say(f"stopping: {self.reason}")
+        self.shared.control.request_stop()
+        self.shared.ring.close_waiters()
+        self._stop_processes()
+        final = None
+        if self.signals < 2 and not self.error:
+            final = self.evaluator.final() if hasattr(self, "evaluator") else None
+            if final:
+                out.say(f"final greedy evaluation: mean return {final['eval_return_mean']:.1f} "
+                        f"over {final['eval_episodes']} episodes")  # fmt: skip
+        if self.error:
+            out.say(f"error: {self.error}")
+        self.shared.close()  # unlink every segment we created
+        return final
+
+    def _stop_processes(self) -> None:
+        """join -> terminate -> kill under one deadline; a second signal skips to kill."""
+        procs = [m.process for m in self.members.values() if m.process is not None]
+        deadline = time.monotonic() + self.cfg.run.stop_deadline_s
+        for stage in ("join", "terminate", "kill"):
+            alive = [p for p in procs if p.is_alive()]
+            if not alive:
+                break
+            if stage == "terminate":
+                for p in alive:
+                    p.terminate()
+            elif stage == "kill":
+                for p in alive:
+                    p.kill()
+            end = deadline if stage == "join" else time.monotonic() + 1.0
+            while time.monotonic() < end and any(p.is_alive() for p in alive):
+                if stage == "join" and self.signals >= 2:
+                    break
+                for p in alive:
+                    p.join(0.05)
+        for p in procs:
+            p.join(1.0)
+        for m in self.members.values():
+            if m.process is not None and m.process.exitcode is not None:
+                self.shared.control.leave(m.slot)

@@ -1,0 +1,81 @@
+"""Everything checked before a run creates anything: the env, what fits the machine, the run folder.
+
+Requests beyond the machine are clamped with a warning (actors to usable CPUs); a replay that cannot
+fit in available memory is refused with the figure it needs. Bad input raises `StartError`, whose
+message is the one line the CLI prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mp_rl import resources
+from mp_rl.config import Config
+from mp_rl.envs import EnvError, EnvSpec, probe
+from mp_rl.shm.ring import RingSpec
+from mp_rl.shm.sync import RateLimit
+
+
+class StartError(ValueError):
+    """Bad input found before anything started; str() is one line."""
+
+
+@dataclass
+class Plan:
+    """What a run will create, decided before it creates anything."""
+
+    cfg: Config
+    spec: EnvSpec
+    ring: RingSpec
+    limit: RateLimit
+    actors: int
+    capacity: int
+    max_members: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def plan(cfg: Config) -> Plan:
+    try:
+        spec = probe(cfg.env)
+    except EnvError as exc:
+        raise StartError(str(exc)) from None
+    warnings = []
+    cpus = resources.usable_cpus()
+    fits = max(1, cpus - 1)  # one CPU for the learner
+    wanted = fits if cfg.actors.count == "auto" else cfg.actors.count
+    actors = min(wanted, fits, cfg.actors.max_count)
+    if cfg.actors.count != "auto" and actors < cfg.actors.count:
+        warnings.append(f"actors.count {cfg.actors.count} clamped to {actors}: {cpus} usable CPUs (affinity/cgroup)")
+    ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, cfg.replay.capacity_max, cfg.actors.block)
+    ring = ring.normalised()
+    capacity = min(100_000, ring.capacity_max) if cfg.replay.capacity == "auto" else cfg.replay.capacity
+    row = sum(f.row_bytes for f in ring.fields) + 8
+    need, avail = capacity * row, resources.available_memory()
+    if need > 0.9 * avail:
+        raise StartError(
+            f"replay.capacity {capacity:,} rows x {row:,} B = {_gib(need)} does not fit in {_gib(avail)} of available memory"
+        )
+    if ring.capacity_max * row > avail:
+        warnings.append(
+            f"replay.capacity_max would need {_gib(ring.capacity_max * row)}; capacity will stay within RAM"
+        )
+    return Plan(cfg, spec, ring, cfg.rate_limit(), actors, capacity, cfg.actors.max_count + 8, warnings)
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """runs/<timestamp>-<name>, made unique; created only once every check has passed."""
+    root = Path(cfg.run.runs_dir)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.run.name}"
+    path, i = root / base, 1
+    while path.exists():
+        i += 1
+        path = root / f"{base}-{i}"
+    (path / "logs").mkdir(parents=True)
+    (path / "checkpoints").mkdir()
+    return path

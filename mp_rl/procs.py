@@ -1,0 +1,122 @@
+"""Process shells: each child names itself, ignores SIGINT, dies with its parent, and runs one object.
+
+Why `spawn` (set by the supervisor): a forked child would inherit the parent's CUDA context and
+thread state, which CUDA does not support; spawn starts a clean interpreter. Why ignore SIGINT:
+Ctrl-C in a terminal goes to the whole process group; only the supervisor should act on it and
+stop the others in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from setproctitle import setproctitle
+
+from mp_rl.config import Config
+from mp_rl.envs import EnvSpec
+from mp_rl.shm.manifest import SharedRun
+
+PR_SET_PDEATHSIG = 1
+
+
+def title(run_id: str, member: str) -> str:
+    return f"mp_rl[{run_id}] {member}"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL us when the parent dies; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def child_setup(run_dir: Path, run_id: str, member: str, parent_pid: int | None) -> logging.Logger:
+    setproctitle(title(run_id, member))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    log = logging.getLogger(f"mp_rl.{member}")
+    handler = logging.FileHandler(Path(run_dir) / "logs" / f"{member.split(' ')[0]}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return log
+
+
+def _spec(shared: SharedRun) -> EnvSpec:
+    e = shared.info["env"]
+    return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]))
+
+
+def actor_main(
+    run_dir: str, cfg_json: dict, slot: int, index: int, count: int, seed: int, parent_pid: int | None
+) -> None:
+    from mp_rl.actor import Actor
+
+    log = child_setup(Path(run_dir), Path(run_dir).name, f"actor-{index}", parent_pid)
+    torch.set_num_threads(cfg_json["actors"]["torch_threads"])  # N actors must not oversubscribe the cores
+    shared = SharedRun.attach(run_dir)
+    try:
+        shared.control.heartbeat(slot)
+        shared.control.members[slot, 2] = os.getpid()
+        actor = Actor(Config.model_validate(cfg_json), shared, _spec(shared), slot, index, count, seed)
+        log.info("actor %d (slot %d) epsilon %.4f", index, slot, actor.epsilon)
+        actor.run()
+        actor.close()
+    except Exception:
+        log.error("actor crashed:\n%s", traceback.format_exc())
+        sys.stderr.write(traceback.format_exc())
+        raise SystemExit(1) from None
+    finally:
+        shared.close()
+
+
+def learner_main(run_dir: str, cfg_json: dict, slot: int, resume: str | None, parent_pid: int | None) -> None:
+    from mp_rl import checkpoint
+    from mp_rl.learner import Learner
+
+    run_dir_p = Path(run_dir)
+    log = child_setup(run_dir_p, run_dir_p.name, "learner", parent_pid)
+    cfg = Config.model_validate(cfg_json)
+    shared = SharedRun.attach(run_dir)
+    try:
+        shared.control.members[slot, 2] = os.getpid()
+        learner = Learner(cfg, shared, _spec(shared), seed=cfg.run.seed)
+        if resume:
+            learner.restore(checkpoint.load(Path(resume)))
+            log.info("resumed from %s at update %d", resume, learner.updates)
+        learner.publish()
+        log.info("learner on %s, amp %s", learner.device, learner.amp_dtype)
+        run_learner(learner, run_dir_p / "checkpoints", slot, log)
+    except Exception:
+        log.error("learner crashed:\n%s", traceback.format_exc())
+        sys.stderr.write(traceback.format_exc())
+        raise SystemExit(1) from None
+    finally:
+        shared.close()
+
+
+def run_learner(learner, folder: Path, slot: int, log: logging.Logger) -> None:
+    """Train until stop; periodic checkpoints (two kept), then `final.pt`."""
+    control, every = learner.shared.control, learner.cfg.logging.checkpoint_every
+    beat = 0.0
+    while not control.stopping:
+        if learner.step(timeout=0.25) and learner.updates % every == 0:
+            learner.save(folder / f"update-{learner.updates:09d}.pt")
+            for old in sorted(folder.glob("update-*.pt"))[:-2]:
+                old.unlink(missing_ok=True)
+        if time.monotonic() - beat > 0.5:
+            control.heartbeat(slot, steps=learner.updates, weights=learner.shared.board.version)
+            beat = time.monotonic()
+    learner.close()
+    learner.save(folder / "final.pt")
+    log.info("final checkpoint at update %d", learner.updates)

@@ -1,0 +1,114 @@
+"""The status line and metrics.jsonl: rates from counter deltas, recent returns, replay fill, actor lag."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from mp_rl.shm.manifest import SharedRun
+
+
+class Metrics:
+    """Turns two snapshots of the shared counters into rates; keeps recent episode returns."""
+
+    def __init__(self, shared: SharedRun):
+        self.shared = shared
+        self.returns: deque[float] = deque(maxlen=100)
+        self.episode_cursor = 0
+        self.last = self._counts()
+        self.last_time = time.monotonic()
+        self.started = self.last_time
+
+    def _counts(self) -> dict[str, int]:
+        ring = self.shared.ring.counts()
+        return {**self.shared.control.counters(), "inserts": ring["inserts"], "samples": ring["samples"]}
+
+    def snapshot(self) -> dict:
+        rows, self.episode_cursor = self.shared.control.episodes_since(self.episode_cursor)
+        self.returns.extend(rows[:, 0].tolist())
+        now, counts = time.monotonic(), self._counts()
+        dt = max(now - self.last_time, 1e-9)
+        rate = {k: (counts[k] - self.last[k]) / dt for k in ("env_steps", "updates", "samples", "inserts")}
+        waited = (counts["learner_wait_ns"] - self.last["learner_wait_ns"]) / 1e9 / dt
+        self.last, self.last_time = counts, now
+        members = self.shared.control.live_members()
+        actors = [m for m in members if m["kind"] == "actor"]
+        version = self.shared.board.version
+        ring = self.shared.ring
+        return {
+            "time": round(now - self.started, 3),
+            **{k: counts[k] for k in ("env_steps", "updates", "episodes", "inserts", "samples")},
+            **{f"{k}_per_s": round(v, 1) for k, v in rate.items()},
+            "return_mean": round(float(np.mean(self.returns)), 2) if self.returns else None,
+            "replay_size": ring.size(),
+            "replay_capacity": ring.capacity,
+            "actors": len(actors),
+            "attached": sum(m["attached"] for m in actors),
+            "weight_version": version,
+            "weight_lag": max((version - m["weights"] for m in actors), default=0),
+            "learner_wait_frac": round(waited, 3),
+        }
+
+
+def format_line(m: dict) -> str:
+    ret = "—" if m["return_mean"] is None else f"{m['return_mean']:.1f}"
+    return (
+        f"steps {m['env_steps']:,} ({m['env_steps_per_s']:,.0f}/s) | updates {m['updates']:,} "
+        f"({m['updates_per_s']:,.0f}/s) | samples {m['samples_per_s']:,.0f}/s | return {ret} | "
+        f"replay {m['replay_size']:,}/{m['replay_capacity']:,} | actors {m['actors']} | lag {m['weight_lag']}"
+    )
+
+
+class StatusOutput:
+    """Rich live line on a terminal; plain lines otherwise. Every snapshot also goes to metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, run_id: str):
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
+        self.run_id = run_id
+        self.live = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.console = Console()
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+        self.tb = None
+
+    def enable_tensorboard(self, run_dir: Path) -> bool:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return False
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        return True
+
+    def show(self, m: dict, extra: str = "") -> None:
+        self.metrics_file.write(json.dumps(m) + "\n")
+        line = format_line(m) + (f" | {extra}" if extra else "")
+        if self.live is not None:
+            self.live.update(f"[bold]mp_rl[{self.run_id}][/bold] {line}")
+        else:
+            print(line, flush=True)
+        if self.tb is not None:
+            for key, value in m.items():
+                if isinstance(value, int | float) and key != "time":
+                    self.tb.add_scalar(key, value, m["env_steps"])
+
+    def say(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        if self.tb is not None:
+            self.tb.close()
+        self.metrics_file.close()
