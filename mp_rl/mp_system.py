@@ -65,8 +65,8 @@ class Supervisor:
             log.warning("removed the segments of dead run %s", run_id)
         (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         p, numel = self.plan, self._numel()
-        info = {"env": {"obs_shape": list(p.spec.obs_shape), "obs_dtype": p.spec.obs_dtype, "n_actions": p.spec.n_actions},
-                "config": str(self.run_dir / "config.yaml")}  # fmt: skip
+        env = {"obs_shape": list(p.spec.obs_shape), "obs_dtype": p.spec.obs_dtype, "n_actions": p.spec.n_actions}
+        info = {"env": env, "config": str(self.run_dir / "config.yaml")}
         self.shared = SharedRun.create(
             self.run_dir, self.run_id, p.ring, p.limit, numel, p.max_members, p.capacity, info
         )

@@ -36,7 +36,7 @@ class NStepBuilder:
         self.t = 0
 
     def add(self, obs, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray]:
-        t, n, slot = self.t, self.n, self.t % self.n
+        t, slot = self.t, self.t % self.n
         valid = ~self.resetting
         self.start[self.resetting] = t + 1  # a new episode begins on the step after the reset
         self.obs[slot], self.act[slot], self.rew[slot] = obs, action, reward

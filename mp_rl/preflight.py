@@ -59,7 +59,8 @@ def plan(cfg: Config) -> Plan:
     need, avail = capacity * row, resources.available_memory()
     if need > 0.9 * avail:
         raise StartError(
-            f"replay.capacity {capacity:,} rows x {row:,} B = {_gib(need)} does not fit in {_gib(avail)} of available memory"
+            f"replay.capacity {capacity:,} rows x {row:,} B = {_gib(need)} does not fit in "
+            f"{_gib(avail)} of available memory"
         )
     if ring.capacity_max * row > avail:
         warnings.append(

@@ -8,6 +8,7 @@ touched; a run without a control block is left alone for its first minute (it ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import struct
 import sys
@@ -52,10 +53,8 @@ def remove_dead() -> list[str]:
     for run_id, names in runs_in_shm().items():
         if run_state(run_id, names)[0] == "dead":
             for name in names:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(Segment.path(name))
-                except FileNotFoundError:
-                    pass
             removed.append(run_id)
     return removed
 
