@@ -134,7 +134,7 @@ class Supervisor:
 
     def _watch(self, out: StatusOutput) -> None:
         control, cfg = self.shared.control, self.cfg
-        metrics = Metrics(self.shared)
+        self.metrics = metrics = Metrics(self.shared)
         self.evaluator = Evaluator(cfg, self.plan.spec, self.shared, self.run_dir)
         started, next_status = time.monotonic(), time.monotonic() + cfg.logging.status_every_s
         while not control.wait_stop(0.1):
@@ -201,6 +201,8 @@ class Supervisor:
         self.shared.control.request_stop()
         self.shared.ring.close_waiters()
         self._stop_processes()
+        if hasattr(self, "metrics"):
+            out.show(self.metrics.snapshot(), "stopped")  # the last line of metrics.jsonl is the final state
         final = None
         if self.signals < 2 and not self.error:
             final = self.evaluator.final() if hasattr(self, "evaluator") else None

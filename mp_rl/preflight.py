@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from mp_rl import resources
 from mp_rl.config import Config
 from mp_rl.envs import EnvError, EnvSpec, probe
@@ -41,6 +43,8 @@ def _gib(n: float) -> str:
 
 
 def plan(cfg: Config) -> Plan:
+    if cfg.learner.device == "cuda" and not torch.cuda.is_available():
+        raise StartError("learner.device: cuda requested but no CUDA device is available (use auto or cpu)")
     try:
         spec = probe(cfg.env)
     except EnvError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -179,3 +180,35 @@ def attached_actor_proc(run_dir: str, out) -> None:
     out.put(("attached", (slot, version, float(flat[0]), run.control.live_members())))
     run.control.leave(slot)
     run.close()
+
+
+class HangOnceCartPole(gym.Env):
+    """CartPole that hangs (a stuck env) after 300 steps, once per marker file: $MP_RL_HANG_MARKER."""
+
+    def __init__(self):
+        self.inner = gym.make("CartPole-v1")
+        self.observation_space, self.action_space = self.inner.observation_space, self.inner.action_space
+        self.steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        return self.inner.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        marker = os.environ.get("MP_RL_HANG_MARKER")
+        if marker and self.steps == 300 and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(3600)  # the hung env the supervisor must notice
+        return self.inner.step(action)
+
+
+class CrashOnceCartPole(HangOnceCartPole):
+    """CartPole that raises after 300 steps, once per marker file: $MP_RL_CRASH_MARKER."""
+
+    def step(self, action):
+        self.steps += 1
+        marker = os.environ.get("MP_RL_CRASH_MARKER")
+        if marker and self.steps == 300 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("injected env failure")
+        return self.inner.step(action)

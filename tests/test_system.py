@@ -1,0 +1,155 @@
+"""The real CLI end to end: titles, metrics, checkpoints, signals, crashes, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from system_helpers import REPO, LiveRun, wait_for
+
+from mp_rl.shm.segment import list_segments
+from mp_rl.tools.cleanup import runs_in_shm
+
+LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]
+
+
+@pytest.fixture
+def live(tmp_path):
+    runs = []
+
+    def start(*args, env=None):
+        run = LiveRun(tmp_path / "runs", *args, env=env)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None or run.members():
+            run.kill_all()
+
+
+def test_a_run_titles_its_processes_writes_metrics_and_checkpoints_and_stops_on_sigint(live):
+    run = live(*LONG)
+    members = run.wait_members({"supervisor", "learner", "actor-0"})
+    assert members["supervisor"].pid == run.proc.pid
+    wait_for(lambda: list((run.run_dir / "checkpoints").glob("update-*.pt")), 90, "a periodic checkpoint")
+    wait_for(lambda: len(run.metrics()) >= 2, 30, "metrics lines")
+    t0 = time.monotonic()
+    rc, out, err = run.stop(timeout=30)
+    assert rc == 0, err
+    assert time.monotonic() - t0 < 5.0 + 10.0  # the stop deadline plus a final evaluation
+    assert "stopping: sigint received" in out
+    assert (run.run_dir / "checkpoints" / "final.pt").exists()
+    assert not run.members() and run.run_id not in runs_in_shm()
+    assert run.metrics()[-1]["updates"] > 0
+
+
+def test_an_actor_killed_mid_run_is_restarted_and_the_run_goes_on(live):
+    run = live(*LONG)
+    first = run.wait_members({"actor-0", "learner"})["actor-0"]
+    wait_for(lambda: run.metrics() and run.metrics()[-1]["env_steps"] > 0, 60, "env steps")
+    first.kill()
+    second = run.wait_replaced("actor-0", first)
+    steps = run.metrics()[-1]["env_steps"]
+    wait_for(lambda: run.metrics()[-1]["env_steps"] > steps + 500, 60, "steps after the restart")
+    assert second.is_running()
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
+
+
+def test_a_crashing_env_is_restarted_and_a_hung_one_is_killed_and_restarted(live, tmp_path):
+    env = {"MP_RL_HANG_MARKER": str(tmp_path / "hung"), "MP_RL_CRASH_MARKER": str(tmp_path / "crashed")}
+    run = live("--config", "configs/smoke.yaml", "env.id=mp_rl.testing:CrashOnceCartPole",
+               "run.total_env_steps=100000000", "run.heartbeat_timeout_s=4", env=env)  # fmt: skip
+    first = run.wait_members({"actor-0"})["actor-0"]
+    wait_for(lambda: (tmp_path / "crashed").exists(), 60, "the injected crash")
+    run.wait_replaced("actor-0", first)
+    rc, out, err = run.stop(timeout=30)
+    assert rc == 0, err
+    assert "injected env failure" in (run.run_dir / "logs" / "actor-0.log").read_text()
+
+    hung = live("--config", "configs/smoke.yaml", "env.id=mp_rl.testing:HangOnceCartPole",
+                "run.total_env_steps=100000000", "run.heartbeat_timeout_s=4", env=env)  # fmt: skip
+    first = hung.wait_members({"actor-0"})["actor-0"]
+    wait_for(lambda: (tmp_path / "hung").exists(), 60, "the env to hang")
+    hung.wait_replaced("actor-0", first, timeout=30)
+    assert not first.is_running()
+    rc, _, err = hung.stop(timeout=30)
+    assert rc == 0, err
+
+
+def test_a_killed_learner_stops_the_run_with_an_error(live):
+    run = live(*LONG)
+    run.wait_members({"learner", "actor-0"})["learner"].kill()
+    rc, out, _ = run.wait(timeout=60)
+    assert rc == 1 and "error: learner exited" in out
+    assert not run.members() and run.run_id not in runs_in_shm()
+
+
+def test_a_sigkilled_supervisor_takes_its_children_and_cleanup_removes_its_segments(live):
+    run = live(*LONG)
+    children = run.wait_members({"learner", "actor-0"})
+    run.proc.kill()
+    run.proc.wait(10)
+    gone, alive = psutil.wait_procs(list(children.values()), timeout=5)
+    assert not alive, f"children outlived the supervisor: {alive}"
+    assert run.run_id in runs_in_shm()  # nobody unlinked them: that is cleanup's job
+    out = subprocess.run([sys.executable, "-m", "mp_rl.tools.cleanup", "--yes"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert f"removed {run.run_id}" in out.stdout, out.stdout + out.stderr
+    assert run.run_id not in runs_in_shm()
+
+
+def test_cleanup_never_touches_a_live_run(live):
+    run = live(*LONG)
+    run.wait_members({"learner"})
+    out = subprocess.run([sys.executable, "-m", "mp_rl.tools.cleanup", "--yes"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert f"{run.run_id}  alive" in out.stdout
+    assert run.run_id in runs_in_shm()
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
+
+
+def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
+    first = live("--config", "configs/smoke.yaml", "run.total_env_steps=3000")
+    rc, _, err = first.wait(timeout=120)
+    assert rc == 0, err
+    before = json.loads((first.run_dir / "summary.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "mp_rl.run", "--resume", str(first.run_dir),
+                           "run.total_env_steps=6000"], cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((first.run_dir / "summary.json").read_text())
+    assert after["env_steps"] >= 6000 and after["updates"] > before["updates"] > 0
+    assert "resumed from" in (first.run_dir / "logs" / "learner.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--config", "configs/smoke.yaml", "env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0': Environment `NoSuchEnv` doesn't exist"),
+        (["--config", "configs/smoke.yaml", "env.id=Pendulum-v1"], "needs a Discrete action space"),
+        (["--config", "configs/threadripper.yaml"], "needs the atari extra"),
+        (["--config", "configs/smoke.yaml", "learner.device=cuda"], "learner.device: cuda requested"),
+        (["--config", "configs/smoke.yaml", "replay.capacity=900000000", "replay.capacity_max=900000000"], "does not fit"),
+        (["--resume", "/nonexistent/run"], "not an mp_rl run folder"),
+    ],
+)  # fmt: skip
+def test_bad_env_ids_and_impossible_runs_are_one_line_and_exit_2(tmp_path, args, needle):
+    if "cuda" in needle and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cmd = [sys.executable, "-m", "mp_rl.run", *args, f"run.runs_dir={tmp_path / 'runs'}"]
+    before = set(list_segments())
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists() and set(list_segments()) == before
+
+
+def test_signal_names_are_what_the_supervisor_reports():
+    assert signal.Signals(signal.SIGINT).name.lower() == "sigint"
