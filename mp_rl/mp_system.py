@@ -115,8 +115,8 @@ class Supervisor:
             self.start()
             if self.cfg.logging.tensorboard and not out.enable_tensorboard(self.run_dir):
                 out.say("logging.tensorboard: tensorboard is not installed; metrics.jsonl only")
-            for warning in self.plan.warnings:
-                out.say(f"warning: {warning}")
+            for note in self.plan.warnings:
+                out.say(f"note: {note}")
             out.say(f"run folder {self.run_dir}")
             self._watch(out)
         finally:
@@ -196,6 +196,12 @@ class Supervisor:
     def _shutdown(self, out: StatusOutput) -> dict | None:
         if self.shared is None:
             return None
+        try:
+            return self._stop_and_report(out)
+        finally:
+            self.shared.close()  # unlink every segment we created, whatever happened above
+
+    def _stop_and_report(self, out: StatusOutput) -> dict | None:
         self.reason = self.error or self.reason or "stopped"
         out.say(f"stopping: {self.reason}")
         self.shared.control.request_stop()
@@ -211,7 +217,6 @@ class Supervisor:
                         f"over {final['eval_episodes']} episodes")  # fmt: skip
         if self.error:
             out.say(f"error: {self.error}")
-        self.shared.close()  # unlink every segment we created
         return final
 
     def _stop_processes(self) -> None:

@@ -54,12 +54,19 @@ def plan(cfg: Config) -> Plan:
     fits = max(1, cpus - 1)  # one CPU for the learner
     wanted = fits if cfg.actors.count == "auto" else cfg.actors.count
     actors = min(wanted, fits, cfg.actors.max_count)
-    if cfg.actors.count != "auto" and actors < cfg.actors.count:
+    if cfg.actors.count == "auto":
+        warnings.append(
+            f"actors.count auto: starting {actors} actor(s) on {cpus} usable CPUs (one kept for the learner)"
+        )
+    elif actors < cfg.actors.count:
         warnings.append(f"actors.count {cfg.actors.count} clamped to {actors}: {cpus} usable CPUs (affinity/cgroup)")
     ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, cfg.replay.capacity_max, cfg.actors.block)
     ring = ring.normalised()
-    capacity = min(100_000, ring.capacity_max) if cfg.replay.capacity == "auto" else cfg.replay.capacity
     row = sum(f.row_bytes for f in ring.fields) + 8
+    capacity = cfg.replay.capacity
+    if capacity == "auto":  # start at what a quarter of free memory holds; the monitor moves it
+        capacity = int(min(ring.capacity_max, max(10_000, resources.available_memory() // 4 // row)))
+        warnings.append(f"replay.capacity auto: starting at {capacity:,} rows ({_gib(capacity * row)})")
     need, avail = capacity * row, resources.available_memory()
     if need > 0.9 * avail:
         raise StartError(

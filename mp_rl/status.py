@@ -79,6 +79,7 @@ class StatusOutput:
             self.live = Live(console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
         self.tb = None
+        self.terminal_gone = False
 
     def enable_tensorboard(self, run_dir: Path) -> bool:
         try:
@@ -94,7 +95,7 @@ class StatusOutput:
         if self.live is not None:
             self.live.update(f"[bold]mp_rl[{self.run_id}][/bold] {line}")
         else:
-            print(line, flush=True)
+            self._print(line)
         if self.tb is not None:
             for key, value in m.items():
                 if isinstance(value, int | float) and key != "time":
@@ -104,7 +105,16 @@ class StatusOutput:
         if self.live is not None:
             self.live.console.print(text)
         else:
+            self._print(text)
+
+    def _print(self, text: str) -> None:
+        """A closed terminal or pipe (`| head`) must never stop the run, or its cleanup."""
+        if self.terminal_gone:
+            return
+        try:
             print(text, flush=True)
+        except OSError:
+            self.terminal_gone = True
 
     def close(self) -> None:
         if self.live is not None:

@@ -82,6 +82,36 @@ def test_a_crashing_env_is_restarted_and_a_hung_one_is_killed_and_restarted(live
     assert rc == 0, err
 
 
+def test_atari_without_the_extra_is_one_line_and_exit_2(tmp_path):
+    """Whether or not ale-py is installed here, a machine without it must get one clear line."""
+    code = (
+        "import sys, runpy; sys.modules['ale_py'] = None; "  # import ale_py now raises ImportError
+        f"sys.argv = ['mp_rl.run', '--config', 'configs/threadripper.yaml', 'run.runs_dir={tmp_path / 'runs'}']; "
+        "runpy.run_module('mp_rl.run', run_name='__main__')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "mp_rl.run: env.id 'ALE/Pong-v5' needs the atari extra: pip install -e '.[atari]'"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_flagship_config_starts_on_a_small_box_clamped_and_says_so(live):
+    pytest.importorskip("ale_py", reason="the atari extra is not installed")
+    run = live("--config", "configs/threadripper.yaml", "run.wall_time_s=8", "replay.min_fill=1000")
+    rc, out, err = run.wait(timeout=120)
+    assert rc == 0, err
+    assert "actors.count auto: starting" in out and "replay.capacity auto: starting at" in out
+    assert run.metrics()[-1]["env_steps"] > 0
+
+
+def test_a_closed_stdout_never_stops_the_cleanup(live):
+    run = live("--config", "configs/smoke.yaml", "run.wall_time_s=6")
+    run.proc.stdout.readline()
+    run.proc.stdout.close()  # as `| head -1` would
+    assert run.proc.wait(timeout=60) == 0
+    assert run.run_id not in runs_in_shm() and not run.members()
+
+
 def test_a_killed_learner_stops_the_run_with_an_error(live):
     run = live(*LONG)
     run.wait_members({"learner", "actor-0"})["learner"].kill()
@@ -133,7 +163,6 @@ def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
     [
         (["--config", "configs/smoke.yaml", "env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0': Environment `NoSuchEnv`"),
         (["--config", "configs/smoke.yaml", "env.id=Pendulum-v1"], "needs a Discrete action space"),
-        (["--config", "configs/threadripper.yaml"], "needs the atari extra"),
         (["--config", "configs/smoke.yaml", "learner.device=cuda"], "learner.device: cuda requested"),
         (["--config", "configs/smoke.yaml", "replay.capacity=900000000", "replay.capacity_max=900000000"], "fit in"),
         (["--resume", "/nonexistent/run"], "not an mp_rl run folder"),
