@@ -44,7 +44,7 @@ class Actor:
         self.builder = NStepBuilder(self.num_envs, spec.obs_shape, spec.obs_dtype, cfg.replay.n_step, cfg.replay.gamma)
         self.writer = shared.ring.writer(token=slot + 1)
         block = shared.ring.spec.block
-        room = block + self.num_envs * cfg.replay.n_step  # one step emits at most this many rows
+        room = block + self.num_envs * self.builder.chunk  # one chunk emits at most this many rows
         self.stage = {f.name: np.empty((room, *f.shape), f.dtype) for f in shared.ring.spec.fields}
         self.staged = 0
         self.rng = np.random.default_rng(seed)
@@ -65,7 +65,9 @@ class Actor:
         """One vector step: act, step the envs, stage n-step rows, report episodes. Returns env steps."""
         actions = self.act(self.obs)
         next_obs, reward, terminated, truncated, _ = self.env.step(actions)
-        self._stage(self.builder.add(self.obs, actions, reward, next_obs, terminated, truncated))
+        rows = self.builder.add(self.obs, actions, reward, next_obs, terminated, truncated)
+        if rows is not None:
+            self._stage(rows)
         valid = ~self.resetting  # an autoreset step is not an env step of any episode
         self.ep_return[valid] += reward[valid]
         self.ep_length[valid] += 1
@@ -122,8 +124,11 @@ class Actor:
                     control.add("env_steps", since_count)
                     control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
                     since_count = 0
-            if control.state(self.slot) == State.RETIRING:
-                self.flush(partial=True)  # a retiring actor completes what it has staged
+            if control.state(self.slot) == State.RETIRING:  # complete what we have, then leave
+                rows = self.builder.flush()
+                if rows is not None:
+                    self._stage(rows)
+                self.flush(partial=True)
         except RingClosed:
             pass
         control.add("env_steps", since_count)

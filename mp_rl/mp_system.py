@@ -87,7 +87,8 @@ class Supervisor:
     def _spawn(self, m: Member) -> None:
         cfg_json, me = self.cfg.model_dump(mode="json"), self._pid()
         if m.kind == "learner":
-            args = (str(self.run_dir), cfg_json, m.slot, str(self.resume) if self.resume else None, me)
+            resume = str(self.resume) if self.resume else None
+            args = (str(self.run_dir), cfg_json, m.slot, self.plan.actors, resume, me)
             target = learner_main
         else:
             seed = self.cfg.run.seed + 1000 * m.restarts + m.index

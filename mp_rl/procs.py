@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from setproctitle import setproctitle
 
+from mp_rl import resources
 from mp_rl.config import Config
 from mp_rl.envs import EnvSpec
 from mp_rl.shm.manifest import SharedRun
@@ -80,13 +81,17 @@ def actor_main(
         shared.close()
 
 
-def learner_main(run_dir: str, cfg_json: dict, slot: int, resume: str | None, parent_pid: int | None) -> None:
+def learner_main(
+    run_dir: str, cfg_json: dict, slot: int, actors: int, resume: str | None, parent_pid: int | None
+) -> None:
     from mp_rl import checkpoint
     from mp_rl.learner import Learner
 
     run_dir_p = Path(run_dir)
     log = child_setup(run_dir_p, run_dir_p.name, "learner", parent_pid)
     cfg = Config.model_validate(cfg_json)
+    # The CPUs the actors leave: more intra-op threads would only steal from them.
+    torch.set_num_threads(max(1, resources.usable_cpus() - actors))
     shared = SharedRun.attach(run_dir)
     try:
         shared.control.members[slot, 2] = os.getpid()

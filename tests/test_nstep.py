@@ -33,8 +33,11 @@ def reference_rows(steps, n: int, gamma: float, num_envs: int) -> dict:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 60), st.floats(0.5, 1.0), st.integers(0, 2**31))
-def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma, seed):
+@given(
+    st.integers(1, 5), st.integers(1, 4), st.integers(1, 60), st.floats(0.5, 1.0), st.integers(0, 2**31),
+    st.sampled_from([1, 2, 7, 16]),
+)  # fmt: skip
+def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma, seed, chunk):
     rng = np.random.default_rng(seed)
     steps = []
     for t in range(length):
@@ -43,10 +46,11 @@ def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma,
             obs, rng.integers(0, 3, num_envs), rng.integers(-2, 3, num_envs).astype(np.float64),
             obs + 1000.0, rng.random(num_envs) < 0.15, rng.random(num_envs) < 0.1,
         ))  # fmt: skip
-    builder = NStepBuilder(num_envs, (1,), "float32", n, gamma)
+    builder = NStepBuilder(num_envs, (1,), "float32", n, gamma, chunk=chunk)
     got = {}
-    for step in steps:
-        r = builder.add(*step)
+    for r in [builder.add(*step) for step in steps] + [builder.flush()]:
+        if r is None:
+            continue
         for i in range(len(r["reward"])):
             key = float(r["obs"][i, 0])
             assert key not in got, "a transition produced two rows"

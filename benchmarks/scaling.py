@@ -1,0 +1,109 @@
+"""Scaling: env steps/s of the running system against actor count, beside the single-process ceiling.
+
+    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N]
+
+For each actor count A (1 ... usable CPUs) the real system runs (supervisor, learner training as fast
+as it can, A actor processes) with the rate limiter off, so actors are limited by their own work
+and the CPU, not by the replay ratio. The baseline, measured in the same run, is one process
+stepping the same vector env with the same policy (epsilon-greedy, batched inference) and nothing
+else: the ceiling per core. The bar is system(A) >= 0.9 * A * single.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import table, write_results
+from mp_rl import resources
+from mp_rl.config import load_config
+from mp_rl.envs import make_vector_env
+from mp_rl.models import build_q_network
+from mp_rl.mp_system import Supervisor
+from mp_rl.preflight import new_run_dir, plan
+
+
+def single_process_rate(cfg, seconds: float) -> float:
+    """Env steps/s of the bare loop: batched greedy policy + epsilon + vector env step."""
+    torch.set_num_threads(1)
+    env = make_vector_env(cfg.env, seed=0)
+    obs, _ = env.reset(seed=0)
+    spec_n = env.single_action_space.n
+    policy = build_q_network(env.single_observation_space.shape, spec_n, cfg.learner.hidden, cfg.learner.dueling)
+    rng, steps = np.random.default_rng(0), 0
+    end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    while time.perf_counter() < end:
+        with torch.inference_mode():
+            actions = policy(torch.as_tensor(obs)).argmax(dim=1).numpy()
+        explore = rng.random(env.num_envs) < 0.4
+        actions[explore] = rng.integers(0, spec_n, int(explore.sum()))
+        obs, *_ = env.step(actions)
+        steps += env.num_envs
+    env.close()
+    return steps / (time.perf_counter() - t0)
+
+
+def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
+    """Run the real system with `actors` actors; env steps/s and updates/s over the steady window."""
+    run_plan = dataclasses.replace(plan(cfg), actors=actors)  # past the clamp on purpose: the curve's tail
+    run_dir = new_run_dir(cfg)
+    with contextlib.redirect_stdout(io.StringIO()):
+        Supervisor(run_plan, run_dir).run()
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steady = [m for m in lines if warmup <= m["time"] <= warmup + seconds and m["env_steps_per_s"] > 0]
+    return {
+        "env_steps_per_s": float(np.mean([m["env_steps_per_s"] for m in steady])),
+        "updates_per_s": float(np.mean([m["updates_per_s"] for m in steady])),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.scaling", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/cartpole.yaml")
+    ap.add_argument("--seconds", type=float, default=10.0, help="steady-state window per point")
+    ap.add_argument("--warmup", type=float, default=6.0, help="seconds ignored at the start of each run")
+    ap.add_argument("--max-actors", type=int, default=resources.usable_cpus())
+    ap.add_argument("--envs-per-actor", type=int, nargs="+", default=[8, 32], help="one sweep per value")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    out = Path(args.out or "bench_out/scaling")
+    overrides = [
+        f"run.runs_dir={out / 'runs'}", "replay.samples_per_insert=null", "replay.min_fill=1000",
+        f"run.wall_time_s={args.warmup + args.seconds + 1}", "run.total_env_steps=1000000000",
+        "run.target_return=null", "logging.status_every_s=1", "eval.every_s=100000", "eval.episodes=1",
+        "learner.device=cpu",
+    ]  # fmt: skip
+    cpus = resources.usable_cpus()
+    fits = max(1, cpus - 1)  # one CPU is the learner's
+    rows, ok = [], True
+    for envs in args.envs_per_actor:
+        cfg = load_config(args.config, [*overrides, f"env.envs_per_actor={envs}"])
+        single = single_process_rate(cfg, args.seconds)
+        rows.append({"what": f"{envs} envs: single process, no learner (ceiling)", "env_steps_per_s": single})
+        for a in range(1, args.max_actors + 1):
+            r = system_rate(cfg, a, args.seconds, args.warmup)
+            rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner", **r,
+                         "of_ideal": r["env_steps_per_s"] / (a * single)})  # fmt: skip
+            ok &= a > fits or r["of_ideal"] >= 0.9
+    print(f"scaling: {cfg.env.id}, {cpus} usable CPUs, {args.seconds:g} s steady window per point\n")
+    cols = [("what", "configuration", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
+            ("updates_per_s", "learner updates/s", ",.0f"), ("of_ideal", "of A × single", ".0%")]  # fmt: skip
+    print(table(rows, cols))
+    print(f"\nbar (>= 90% of A × single while the learner runs), for A up to {fits} actor(s) "
+          f"(one CPU is the learner's): {'met' if ok else 'NOT met'}")  # fmt: skip
+    path = write_results("scaling", str(out), {"config": args.config, "rows": rows, "bar_met": ok, "usable_cpus": cpus})
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
