@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             r = system_rate(cfg, a, args.seconds, args.warmup)
             rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner", **r,
                          "of_ideal": r["env_steps_per_s"] / (a * single)})  # fmt: skip
-            ok &= a > fits or r["of_ideal"] >= 0.9
+            ok &= a > fits or rows[-1]["of_ideal"] >= 0.9
     print(f"scaling: {cfg.env.id}, {cpus} usable CPUs, {args.seconds:g} s steady window per point\n")
     cols = [("what", "configuration", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
             ("updates_per_s", "learner updates/s", ",.0f"), ("of_ideal", "of A × single", ".0%")]  # fmt: skip

@@ -72,9 +72,9 @@ class Actor:
         self.ep_return[valid] += reward[valid]
         self.ep_length[valid] += 1
         done = (terminated | truncated) & valid
-        for e in np.flatnonzero(done):
-            self.shared.control.report_episode(self.slot, float(self.ep_return[e]), int(self.ep_length[e]))
-        self.ep_return[done], self.ep_length[done] = 0.0, 0
+        if done.any():
+            self.shared.control.report_episodes(self.slot, self.ep_return[done], self.ep_length[done])
+            self.ep_return[done], self.ep_length[done] = 0.0, 0
         self.resetting = done
         self.obs = next_obs
         taken = int(valid.sum())

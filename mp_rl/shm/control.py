@@ -134,14 +134,21 @@ class ControlBlock:
 
     # --- episodes ---------------------------------------------------------------------------
     def report_episode(self, slot: int, ret: float, length: int) -> None:
-        """Log one finished episode; the stamp is written last so readers never see half a row."""
-        i = atomics.fetch_add(self._ep_cursor_addr, 1)
-        row = self._ep_log[i % EPISODE_LOG]
-        row[3] = 0
-        row[:3] = (ret, length, slot)
+        """Log one finished episode."""
+        self.report_episodes(slot, np.array([ret]), np.array([length]))
+
+    def report_episodes(self, slot: int, returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Log finished episodes with one reservation; stamps are written last so readers never see half a row."""
+        k = len(returns)
+        if k == 0:
+            return
+        i = atomics.fetch_add(self._ep_cursor_addr, k)
+        rows = (i + np.arange(k)) % EPISODE_LOG
+        self._ep_log[rows, 3] = 0
+        self._ep_log[rows, 0], self._ep_log[rows, 1], self._ep_log[rows, 2] = returns, lengths, slot
         atomics.fence()
-        row[3] = i + 1
-        self.add("episodes", 1)
+        self._ep_log[rows, 3] = i + 1 + np.arange(k)
+        self.add("episodes", k)
 
     def episodes_since(self, cursor: int) -> tuple[np.ndarray, int]:
         """Episodes logged since `cursor` as rows (return, length, slot); and the new cursor."""
