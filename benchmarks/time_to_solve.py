@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seeds):
         m = run_mp_rl(seed, args.limit, out / "runs")
         s = run_sb3(seed, args.limit)
-        rows.append({"seed": seed, "mp_rl_s": m["seconds"], "mp_rl_solved": m["solved"], "sb3_s": s["seconds"],
-                     "sb3_train_s": s["train_seconds"], "sb3_solved": s["solved"], "sb3_steps": s["steps"]})  # fmt: skip
+        rows.append({"seed": seed, "mp_rl_s": m["seconds"], "mp_rl_solved": m["solved"],
+                     "sb3_s": s["seconds"], "sb3_train_s": s["train_seconds"], "sb3_solved": s["solved"],
+                     "sb3_steps": s["steps"]})  # fmt: skip
         print(f"seed {seed}: mp_rl {m['seconds']:.1f} s, SB3 {s['seconds']:.1f} s ({s['train_seconds']:.1f} s "
               f"without evaluation)", flush=True)  # fmt: skip
     med = {k: statistics.median(r[k] for r in rows) for k in ("mp_rl_s", "sb3_s", "sb3_train_s")}
