@@ -1,0 +1,72 @@
+"""What fits the machine: cgroup CPU and memory limits, clamping, Ape-X epsilons; the learner on CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from helpers import requires_cuda
+
+from mp_rl import resources
+from mp_rl.actor import ape_x_epsilon
+from mp_rl.config import load_config
+from mp_rl.preflight import plan
+
+
+def test_cgroup_cpu_quota_caps_the_affinity_mask(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert resources.cgroup_cpu_limit(tmp_path) == 1.5
+    assert resources.usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert resources.usable_cpus(tmp_path) == len(os.sched_getaffinity(0))
+    assert resources.usable_cpus(tmp_path / "absent") == len(os.sched_getaffinity(0))
+
+
+def test_cgroup_memory_headroom_caps_available_memory(tmp_path):
+    (tmp_path / "memory.max").write_text(str(3 * 2**30))
+    (tmp_path / "memory.current").write_text(str(2 * 2**30))
+    assert resources.available_memory(tmp_path) <= 2**30
+    (tmp_path / "memory.max").write_text("max")
+    assert resources.available_memory(tmp_path) > 0
+
+
+def test_forty_eight_actors_on_a_small_box_become_what_fits(monkeypatch, tmp_path):
+    monkeypatch.setattr(resources, "usable_cpus", lambda root=None: 2)
+    p = plan(load_config("configs/smoke.yaml", ["actors.count=48", f"run.runs_dir={tmp_path}"]))
+    assert p.actors == 1
+    assert any("actors.count 48 clamped to 1: 2 usable CPUs" in w for w in p.warnings)
+
+
+def test_ape_x_epsilons_span_from_base_to_base_to_the_eighth():
+    eps = [ape_x_epsilon(i, 8, 0.4, 7.0) for i in range(8)]
+    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
+    assert eps == sorted(eps, reverse=True)
+    assert ape_x_epsilon(0, 1) == 0.4  # a single actor explores with the base epsilon
+
+
+@requires_cuda
+def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_path):
+    from mp_rl.learner import Learner
+    from mp_rl.mp_system import numel_for
+    from mp_rl.preflight import new_run_dir
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.testing import make_rows
+
+    cfg = load_config("configs/smoke.yaml", [f"run.runs_dir={tmp_path}", "learner.device=cuda", "replay.min_fill=64"])
+    p = plan(cfg)
+    shared = SharedRun.create(new_run_dir(cfg), "gpu", p.ring, p.limit, numel_for(cfg, p.spec), 4, p.capacity)
+    try:
+        learner = Learner(cfg, shared, p.spec)
+        assert learner.amp_dtype in (torch.bfloat16, torch.float16) and shared.board._pinned
+        rows = make_rows(0, 0, 32)
+        rows["action"] = rows["action"] % 2
+        for _ in range(16):
+            shared.ring.writer(1).write(rows)
+        assert sum(learner.step(timeout=5.0) for _ in range(20)) == 20
+        v = learner.publish()
+        out = torch.empty(shared.board.numel)
+        assert shared.board.read_into(out) == v and torch.equal(out, learner.flat.float().cpu())
+        learner.close()
+    finally:
+        shared.close()
