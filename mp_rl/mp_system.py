@@ -214,8 +214,11 @@ class Supervisor:
         if self.signals < 2 and not self.error:
             final = self.evaluator.final() if hasattr(self, "evaluator") else None
             if final:
+                best = ""
+                if self.evaluator.best > final["eval_return_mean"]:  # DQN wobbles: say where the best weights are
+                    best = f"; best {self.evaluator.best:.1f}, kept in checkpoints/best.pt"
                 out.say(f"final greedy evaluation: mean return {final['eval_return_mean']:.1f} "
-                        f"over {final['eval_episodes']} episodes")  # fmt: skip
+                        f"over {final['eval_episodes']} episodes{best}")  # fmt: skip
         if self.error:
             out.say(f"error: {self.error}")
         return final
