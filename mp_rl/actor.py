@@ -7,6 +7,7 @@ process shell around it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,15 +45,13 @@ class Actor:
         self.builder = NStepBuilder(self.num_envs, spec.obs_shape, spec.obs_dtype, cfg.replay.n_step, cfg.replay.gamma)
         self.writer = shared.ring.writer(token=slot + 1)
         block = shared.ring.spec.block
-        room = block + self.num_envs * self.builder.chunk  # one chunk emits at most this many rows
+        room = block  # only a partial block is ever staged
         self.stage = {f.name: np.empty((room, *f.shape), f.dtype) for f in shared.ring.spec.fields}
         self.staged = 0
         self.rng = np.random.default_rng(seed)
         self.obs, _ = self.env.reset(seed=seed)
-        self.ep_return = np.zeros(self.num_envs)
-        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
-        self.resetting = np.zeros(self.num_envs, dtype=bool)
         self.steps = 0
+        self.on_blocked: Callable[[], object] | None = None
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -62,45 +61,62 @@ class Actor:
         return actions
 
     def step(self) -> int:
-        """One vector step: act, step the envs, stage n-step rows, report episodes. Returns env steps."""
+        """One vector step: act, step the envs; every chunk, write its rows and report its episodes.
+
+        Returns the env steps taken (autoreset steps are not steps of any episode).
+        """
         actions = self.act(self.obs)
         next_obs, reward, terminated, truncated, _ = self.env.step(actions)
+        taken = self.num_envs - int(self.builder.resetting.sum())
         rows = self.builder.add(self.obs, actions, reward, next_obs, terminated, truncated)
-        if rows is not None:
-            self._stage(rows)
-        valid = ~self.resetting  # an autoreset step is not an env step of any episode
-        self.ep_return[valid] += reward[valid]
-        self.ep_length[valid] += 1
-        done = (terminated | truncated) & valid
-        if done.any():
-            self.shared.control.report_episodes(self.slot, self.ep_return[done], self.ep_length[done])
-            self.ep_return[done], self.ep_length[done] = 0.0, 0
-        self.resetting = done
         self.obs = next_obs
-        taken = int(valid.sum())
         self.steps += taken
+        if rows is not None:
+            self._emit(rows)
         return taken
 
-    def _stage(self, rows: dict[str, np.ndarray]) -> None:
-        n = len(rows["reward"])
-        for name, buf in self.stage.items():
-            buf[self.staged : self.staged + n] = rows[name]
-        self.staged += n
+    def _emit(self, rows: dict[str, np.ndarray]) -> None:
+        """Write the chunk's rows: top up the staged partial block, write whole blocks straight from
+        `rows`, stage the remainder. Then report the chunk's finished episodes."""
+        block, n, i = self.shared.ring.spec.block, len(rows["reward"]), 0
+        if self.staged:
+            i = min(block - self.staged, n)
+            self._stage(rows, 0, i)
+            if self.staged == block:
+                self._write({k: v[:block] for k, v in self.stage.items()})
+                self.staged = 0
+        while n - i >= block:
+            self._write({k: v[i : i + block] for k, v in rows.items()})
+            i += block
+        self._stage(rows, i, n)
+        returns, lengths = self.builder.episodes
+        if len(returns):
+            self.shared.control.report_episodes(self.slot, returns, lengths)
 
-    def flush(self, partial: bool = False) -> bool:
-        """Write every full block staged (and the remainder if `partial`); False if stopped meanwhile."""
-        block = self.shared.ring.spec.block
-        while self.staged >= block or (partial and self.staged > 0):
-            n = min(block, self.staged)
-            t0 = time.monotonic_ns()
-            while not self.writer.write({k: v[:n] for k, v in self.stage.items()}, timeout=0.25):
-                if self.shared.control.stopping:
-                    return False
+    def _stage(self, rows: dict[str, np.ndarray], a: int, b: int) -> None:
+        for name, buf in self.stage.items():
+            buf[self.staged : self.staged + b - a] = rows[name][a:b]
+        self.staged += b - a
+
+    def _write(self, block: dict[str, np.ndarray]) -> None:
+        """One block into the ring, waiting (and counting the wait) while the rate limiter says no."""
+        t0 = time.monotonic_ns()
+        while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25):
+            if self.shared.control.stopping:
+                raise RingClosed("stopping")
+            if self.on_blocked is not None:  # serial mode: let the learner catch up instead of waiting
+                self.on_blocked()
+        if time.monotonic_ns() - t0 > 50_000:  # only a real wait is worth an atomic add
             self.shared.control.add("actor_blocked_ns", time.monotonic_ns() - t0)
-            for buf in self.stage.values():  # keep the remainder at the front
-                buf[: self.staged - n] = buf[n : self.staged]
-            self.staged -= n
-        return True
+
+    def finish(self) -> None:
+        """A retiring actor completes what it has: the known rows of the open chunk, the partial block."""
+        rows = self.builder.flush()
+        if rows is not None:
+            self._emit(rows)
+        if self.staged:
+            self._write({k: v[: self.staged] for k, v in self.stage.items()})
+            self.staged = 0
 
     def sync_weights(self) -> None:
         self.weights = self.shared.board.read_into(self.flat, self.weights)
@@ -115,8 +131,6 @@ class Actor:
                 taken = self.step()
                 since_sync += taken
                 since_count += taken
-                if not self.flush():
-                    break
                 if since_sync >= sync_every:
                     self.sync_weights()
                     since_sync = 0
@@ -125,10 +139,7 @@ class Actor:
                     control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
                     since_count = 0
             if control.state(self.slot) == State.RETIRING:  # complete what we have, then leave
-                rows = self.builder.flush()
-                if rows is not None:
-                    self._stage(rows)
-                self.flush(partial=True)
+                self.finish()
         except RingClosed:
             pass
         control.add("env_steps", since_count)

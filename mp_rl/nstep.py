@@ -43,6 +43,9 @@ class NStepBuilder:
         self.starts = np.zeros((size, num_envs), dtype=bool)  # this step may start a row
         self.resetting = np.zeros(num_envs, dtype=bool)
         self.powers = gamma ** np.arange(n + 1)
+        self.carry_return = np.zeros(num_envs)  # the running episode of each env, before this chunk
+        self.carry_length = np.zeros(num_envs, dtype=np.int64)
+        self.episodes = (np.zeros(0), np.zeros(0, np.int64))  # (returns, lengths) finished in the last chunk
         self.k = 0  # steps stored
         self.first = 0  # steps before this one were already turned into rows
 
@@ -91,11 +94,38 @@ class NStepBuilder:
             "discount": disc[t - self.first, e].astype(np.float32),
             "next_obs": self.next_obs[last[t - self.first, e], e],
         }
+        self.episodes = self._finished_episodes(self.first, count)
         if final:
             self.first = count  # the rows not yet known are dropped with the actor that leaves
         else:
             self._shift()
         return rows
+
+    def _finished_episodes(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of the episodes that ended in steps [a, b), from cumulative sums.
+
+        Each step is accounted once, when its chunk is retired; an episode that began in an earlier
+        chunk starts from the carried running sums.
+        """
+        valid = self.starts[a:b]
+        cum_r = np.cumsum(np.where(valid, self.rew[a:b], 0.0), axis=0)
+        cum_l = np.cumsum(valid, axis=0)
+        t, e = np.nonzero(self.ended[a:b])
+        order = np.lexsort((t, e))  # by env, then time
+        t, e = t[order], e[order]
+        first = np.ones(len(e), dtype=bool)
+        first[1:] = e[1:] != e[:-1]
+        prev = np.roll(t, 1)
+        returns = cum_r[t, e] - np.where(first, -self.carry_return[e], cum_r[prev, e])
+        lengths = cum_l[t, e] - np.where(first, -self.carry_length[e], cum_l[prev, e])
+        last = np.ones(len(e), dtype=bool)
+        last[:-1] = e[:-1] != e[1:]
+        self.carry_return += cum_r[-1]
+        self.carry_length += cum_l[-1]
+        ends, tl = e[last], t[last]
+        self.carry_return[ends] = cum_r[-1, ends] - cum_r[tl, ends]
+        self.carry_length[ends] = cum_l[-1, ends] - cum_l[tl, ends]
+        return returns, lengths
 
     def _shift(self) -> None:
         """Keep the last n-1 steps (the look-ahead) at the front for the next chunk."""

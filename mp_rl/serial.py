@@ -32,6 +32,11 @@ class SerialRun:
         slot = self.shared.control.claim(Kind.ACTOR, index=0)
         self.actor = Actor(self.cfg, self.shared, spec, slot, index=0, count=1, seed=self.cfg.run.seed)
         self.actor.sync_weights()
+        self.actor.on_blocked = self._catch_up
+
+    def _catch_up(self) -> None:
+        while self.learner.step(timeout=0.0):
+            pass
 
     def train(self, max_seconds: float = float("inf")) -> int:
         """Step until total_env_steps or `max_seconds`; returns env steps taken."""
@@ -39,9 +44,7 @@ class SerialRun:
         while steps < self.cfg.run.total_env_steps and time.monotonic() < deadline:
             taken = self.actor.step()
             steps, since_sync = steps + taken, since_sync + taken
-            self.actor.flush()
-            while self.learner.step(timeout=0.0):
-                pass
+            self._catch_up()
             if since_sync >= self.cfg.actors.sync_every:
                 self.actor.sync_weights()
                 since_sync = 0

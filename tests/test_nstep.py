@@ -60,3 +60,29 @@ def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma,
     for key, (a, ret, disc, nxt) in want.items():
         assert got[key][0] == a and got[key][3] == nxt
         assert got[key][1:3] == pytest.approx((ret, disc), rel=1e-5, abs=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 80), st.integers(0, 2**31), st.sampled_from([1, 3, 16]))
+def test_episode_returns_and_lengths_match_a_per_step_tally(n, num_envs, length, seed, chunk):
+    rng = np.random.default_rng(seed)
+    builder = NStepBuilder(num_envs, (1,), "float32", n, 0.9, chunk=chunk)
+    want, running, steps, resetting = [], np.zeros(num_envs), np.zeros(num_envs, int), np.zeros(num_envs, bool)
+    got_r, got_l = [], []
+    for _ in range(length):
+        obs = np.zeros((num_envs, 1), np.float32)
+        rew, term, trunc = rng.integers(-3, 4, num_envs).astype(float), rng.random(num_envs) < 0.1, rng.random(num_envs) < 0.05
+        rows = builder.add(obs, np.zeros(num_envs, int), rew, obs, term, trunc)
+        if rows is not None:
+            got_r += builder.episodes[0].tolist()
+            got_l += builder.episodes[1].tolist()
+        valid = ~resetting
+        running[valid] += rew[valid]
+        steps[valid] += 1
+        done = (term | trunc) & valid
+        want += [(float(running[e]), int(steps[e])) for e in np.flatnonzero(done)]
+        running[done], steps[done], resetting = 0.0, 0, done
+    if builder.flush() is not None:
+        got_r += builder.episodes[0].tolist()
+        got_l += builder.episodes[1].tolist()
+    assert sorted(zip(got_r, got_l, strict=True)) == sorted(want)
