@@ -8,6 +8,7 @@ stop the others in order.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -15,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -53,6 +55,22 @@ def child_setup(run_dir: Path, run_id: str, member: str, parent_pid: int | None)
     return log
 
 
+@contextlib.contextmanager
+def member_of(run_dir: str, slot: int, log: logging.Logger) -> Iterator[SharedRun]:
+    """Attach to the run as the member in `slot`; a crash is logged with its traceback, exit code 1."""
+    shared = SharedRun.attach(run_dir)
+    try:
+        shared.control.heartbeat(slot)
+        shared.control.members[slot, 2] = os.getpid()
+        yield shared
+    except Exception:
+        log.error("%s crashed:\n%s", log.name.removeprefix("mp_rl."), traceback.format_exc())
+        sys.stderr.write(traceback.format_exc())
+        raise SystemExit(1) from None
+    finally:
+        shared.close()
+
+
 def _spec(shared: SharedRun) -> EnvSpec:
     e = shared.info["env"]
     return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]))
@@ -65,20 +83,11 @@ def actor_main(
 
     log = child_setup(Path(run_dir), Path(run_dir).name, f"actor-{index}", parent_pid)
     torch.set_num_threads(cfg_json["actors"]["torch_threads"])  # N actors must not oversubscribe the cores
-    shared = SharedRun.attach(run_dir)
-    try:
-        shared.control.heartbeat(slot)
-        shared.control.members[slot, 2] = os.getpid()
+    with member_of(run_dir, slot, log) as shared:
         actor = Actor(Config.model_validate(cfg_json), shared, _spec(shared), slot, index, count, seed)
         log.info("actor %d (slot %d) epsilon %.4f", index, slot, actor.epsilon)
         actor.run()
         actor.close()
-    except Exception:
-        log.error("actor crashed:\n%s", traceback.format_exc())
-        sys.stderr.write(traceback.format_exc())
-        raise SystemExit(1) from None
-    finally:
-        shared.close()
 
 
 def learner_main(
@@ -92,9 +101,7 @@ def learner_main(
     cfg = Config.model_validate(cfg_json)
     # The CPUs the actors leave: more intra-op threads would only steal from them.
     torch.set_num_threads(max(1, resources.usable_cpus() - actors))
-    shared = SharedRun.attach(run_dir)
-    try:
-        shared.control.members[slot, 2] = os.getpid()
+    with member_of(run_dir, slot, log) as shared:
         learner = Learner(cfg, shared, _spec(shared), seed=cfg.run.seed)
         if resume:
             learner.restore(checkpoint.load(Path(resume)))
@@ -102,12 +109,6 @@ def learner_main(
         learner.publish()
         log.info("learner on %s, amp %s", learner.device, learner.amp_dtype)
         run_learner(learner, run_dir_p / "checkpoints", slot, log)
-    except Exception:
-        log.error("learner crashed:\n%s", traceback.format_exc())
-        sys.stderr.write(traceback.format_exc())
-        raise SystemExit(1) from None
-    finally:
-        shared.close()
 
 
 def run_learner(learner, folder: Path, slot: int, log: logging.Logger) -> None:

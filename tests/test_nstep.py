@@ -71,7 +71,8 @@ def test_episode_returns_and_lengths_match_a_per_step_tally(n, num_envs, length,
     got_r, got_l = [], []
     for _ in range(length):
         obs = np.zeros((num_envs, 1), np.float32)
-        rew, term, trunc = rng.integers(-3, 4, num_envs).astype(float), rng.random(num_envs) < 0.1, rng.random(num_envs) < 0.05
+        rew = rng.integers(-3, 4, num_envs).astype(float)
+        term, trunc = rng.random(num_envs) < 0.1, rng.random(num_envs) < 0.05
         rows = builder.add(obs, np.zeros(num_envs, int), rew, obs, term, trunc)
         if rows is not None:
             got_r += builder.episodes[0].tolist()
