@@ -29,10 +29,6 @@ class EnvSpec:
     obs_dtype: str
     n_actions: int
 
-    @property
-    def is_image(self) -> bool:
-        return len(self.obs_shape) == 3
-
 
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")

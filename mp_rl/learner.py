@@ -115,7 +115,6 @@ class Learner:
         self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed) if lc.prefetch else None
         self.sampler = None if lc.prefetch else shared.ring.sampler(self.max_batch, pin_memory=cuda, seed=seed)
         self.updates = 0
-        self.last_loss = float("nan")
         if cuda:
             shared.board.pin()
 
@@ -165,7 +164,7 @@ class Learner:
         self.shared.control.add("learner_wait_ns", time.monotonic_ns() - t0)
         if batch is None:
             return False
-        self.last_loss = self.update(batch)
+        self.update(batch)
         self.shared.control.add("updates", 1)
         if self.updates % self.cfg.learner.publish_every == 0:
             self.publish()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Supervisor:
         self.error: str | None = None
         self.reason = ""
         self.shared: SharedRun | None = None
+        self.metrics: Metrics | None = None  # set once the watch loop starts
+        self.evaluator: Evaluator | None = None
 
     # --- start --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,7 +88,7 @@ class Supervisor:
         return numel_for(self.cfg, self.plan.spec)
 
     def _spawn(self, m: Member) -> None:
-        cfg_json, me = self.cfg.model_dump(mode="json"), self._pid()
+        cfg_json, me = self.cfg.model_dump(mode="json"), os.getpid()
         if m.kind == "learner":
             resume = str(self.resume) if self.resume else None
             args = (str(self.run_dir), cfg_json, m.slot, self.plan.actors, resume, me)
@@ -99,12 +102,6 @@ class Supervisor:
         m.process.start()
         m.started, m.restart_at = time.monotonic(), None
         self.members[m.slot] = m
-
-    @staticmethod
-    def _pid() -> int:
-        import os
-
-        return os.getpid()
 
     # --- watch --------------------------------------------------------------------------------
     def run(self) -> int:
@@ -208,11 +205,11 @@ class Supervisor:
         self.shared.control.request_stop()
         self.shared.ring.close_waiters()
         self._stop_processes()
-        if hasattr(self, "metrics"):
+        if self.metrics is not None:
             out.show(self.metrics.snapshot(), "stopped")  # the last line of metrics.jsonl is the final state
         final = None
         if self.signals < 2 and not self.error:
-            final = self.evaluator.final() if hasattr(self, "evaluator") else None
+            final = self.evaluator.final() if self.evaluator is not None else None
             if final:
                 best = ""
                 if self.evaluator.best > final["eval_return_mean"]:  # DQN wobbles: say where the best weights are

@@ -15,7 +15,7 @@ from pathlib import Path
 from mp_rl import checkpoint
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.preflight import StartError, new_run_dir, plan
-from mp_rl.shm.manifest import owner_alive, read_manifest
+from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 
 EXIT_USAGE = 2
 
@@ -43,12 +43,11 @@ def resume_source(run_dir: Path) -> tuple[Path, Path]:
     if not (run_dir / "config.yaml").is_file():
         raise StartError(f"--resume {run_dir}: not an mp_rl run folder (no config.yaml)")
     try:
-        if owner_alive(read_manifest(run_dir)):
-            raise StartError(f"--resume {run_dir}: that run is still live")
-    except StartError:
-        raise
-    except Exception:
-        pass  # no manifest: a run that never got going; its checkpoint decides
+        manifest = read_manifest(run_dir)
+    except AttachError:
+        manifest = None  # no manifest: a run that never got going; its checkpoint decides
+    if manifest is not None and owner_alive(manifest):
+        raise StartError(f"--resume {run_dir}: that run is still live")
     ckpt = checkpoint.latest(run_dir)
     if ckpt is None:
         raise StartError(f"--resume {run_dir}: no checkpoint to resume from")
