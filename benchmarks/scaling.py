@@ -32,13 +32,16 @@ from mp_rl.preflight import new_run_dir, plan
 
 
 def single_process_rate(cfg, seconds: float) -> float:
-    """Env steps/s of the bare loop: batched greedy policy + epsilon + vector env step."""
+    """Env steps/s of the bare loop: batched greedy policy + epsilon + vector env step.
+
+    Counted as the system counts: the autoreset step after each episode's end is no env step.
+    """
     torch.set_num_threads(1)
     env = make_vector_env(cfg.env, seed=0)
     obs, _ = env.reset(seed=0)
     spec_n = env.single_action_space.n
     policy = build_q_network(env.single_observation_space.shape, spec_n, cfg.learner.hidden, cfg.learner.dueling)
-    rng, steps = np.random.default_rng(0), 0
+    rng, steps, ends = np.random.default_rng(0), 0, 0
     end = time.perf_counter() + seconds
     t0 = time.perf_counter()
     while time.perf_counter() < end:
@@ -46,10 +49,11 @@ def single_process_rate(cfg, seconds: float) -> float:
             actions = policy(torch.as_tensor(obs)).argmax(dim=1).numpy()
         explore = rng.random(env.num_envs) < 0.4
         actions[explore] = rng.integers(0, spec_n, int(explore.sum()))
-        obs, *_ = env.step(actions)
+        obs, _, term, trunc, _ = env.step(actions)
         steps += env.num_envs
+        ends += int(np.count_nonzero(term | trunc))
     env.close()
-    return steps / (time.perf_counter() - t0)
+    return (steps - ends) / (time.perf_counter() - t0)
 
 
 def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=6.0, help="seconds ignored at the start of each run")
     ap.add_argument("--max-actors", type=int, default=resources.usable_cpus())
     ap.add_argument("--envs-per-actor", type=int, nargs="+", default=[8, 32], help="one sweep per value")
+    ap.add_argument("--repeats", type=int, default=3, help="ceiling + system points, alternated; medians")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out or "bench_out/scaling")
@@ -87,20 +92,30 @@ def main(argv: list[str] | None = None) -> int:
     rows, ok = [], True
     for envs in args.envs_per_actor:
         cfg = load_config(args.config, [*overrides, f"env.envs_per_actor={envs}"])
-        single = single_process_rate(cfg, args.seconds)
-        rows.append({"what": f"{envs} envs: single process, no learner (ceiling)", "env_steps_per_s": single})
-        for a in range(1, args.max_actors + 1):
-            r = system_rate(cfg, a, args.seconds, args.warmup)
-            rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner", **r,
-                         "of_ideal": r["env_steps_per_s"] / (a * single)})  # fmt: skip
-            ok &= a > fits or rows[-1]["of_ideal"] >= 0.9
-    print(f"scaling: {cfg.env.id}, {cpus} usable CPUs, {args.seconds:g} s steady window per point\n")
+        # This machine is shared and noisy: each repeat measures the ceiling right beside the system
+        # points it judges, and the table reports medians over repeats (of rates and of ratios).
+        singles, points = [], {a: [] for a in range(1, args.max_actors + 1)}
+        for _ in range(args.repeats):
+            single = single_process_rate(cfg, args.seconds)
+            singles.append(single)
+            for a in points:
+                r = system_rate(cfg, a, args.seconds, args.warmup)
+                points[a].append({**r, "of_ideal": r["env_steps_per_s"] / (a * single)})
+        rows.append({"what": f"{envs} envs: single process, no learner (ceiling)",
+                     "env_steps_per_s": float(np.median(singles)), "runs": singles})  # fmt: skip
+        for a, runs in points.items():
+            med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+            rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner", **med, "runs": runs})
+            ok &= a > fits or med["of_ideal"] >= 0.9
+    print(f"scaling: {cfg.env.id}, {cpus} usable CPUs, {args.seconds:g} s steady window per point, "
+          f"medians of {args.repeats} alternated repeats\n")  # fmt: skip
     cols = [("what", "configuration", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
             ("updates_per_s", "learner updates/s", ",.0f"), ("of_ideal", "of A × single", ".0%")]  # fmt: skip
     print(table(rows, cols))
     print(f"\nbar (>= 90% of A × single while the learner runs), for A up to {fits} actor(s) "
           f"(one CPU is the learner's): {'met' if ok else 'NOT met'}")  # fmt: skip
-    path = write_results("scaling", str(out), {"config": args.config, "rows": rows, "bar_met": ok, "usable_cpus": cpus})
+    payload = {"config": args.config, "rows": rows, "bar_met": bool(ok), "usable_cpus": cpus}
+    path = write_results("scaling", str(out), payload)
     print(f"results: {path}")
     return 0
 

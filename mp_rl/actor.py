@@ -50,7 +50,7 @@ class Actor:
         self.staged = 0
         self.rng = np.random.default_rng(seed)
         self.obs, _ = self.env.reset(seed=seed)
-        self.steps = 0
+        self.builder.start(self.obs)
         self.on_blocked: Callable[[], object] | None = None
 
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -60,20 +60,22 @@ class Actor:
         actions[explore] = self.rng.integers(0, self.spec.n_actions, int(explore.sum()))
         return actions
 
+    @property
+    def steps(self) -> int:
+        """Env steps accounted so far (per chunk; autoreset steps are not steps of any episode)."""
+        return self.builder.taken
+
     def step(self) -> int:
         """One vector step: act, step the envs; every chunk, write its rows and report its episodes.
 
-        Returns the env steps taken (autoreset steps are not steps of any episode).
+        Returns the vector's width, the steps attempted (`steps` is the exact count, per chunk).
         """
         actions = self.act(self.obs)
-        next_obs, reward, terminated, truncated, _ = self.env.step(actions)
-        taken = self.num_envs - int(self.builder.resetting.sum())
-        rows = self.builder.add(self.obs, actions, reward, next_obs, terminated, truncated)
-        self.obs = next_obs
-        self.steps += taken
+        self.obs, reward, terminated, truncated, _ = self.env.step(actions)
+        rows = self.builder.add(actions, reward, self.obs, terminated, truncated)
         if rows is not None:
             self._emit(rows)
-        return taken
+        return self.num_envs
 
     def _emit(self, rows: dict[str, np.ndarray]) -> None:
         """Write the chunk's rows: top up the staged partial block, write whole blocks straight from
@@ -124,25 +126,26 @@ class Actor:
     def run(self) -> None:
         """Act until the run stops or this actor is retired (then finish the block and leave)."""
         control, sync_every = self.shared.control, self.cfg.actors.sync_every
-        since_sync = since_count = 0
+        since_sync = since_beat = 0
+        reported = self.steps
         self.sync_weights()
         try:
             while not control.stopping and control.state(self.slot) == State.RUNNING:
-                taken = self.step()
-                since_sync += taken
-                since_count += taken
+                width = self.step()
+                since_sync += width
+                since_beat += width
                 if since_sync >= sync_every:
                     self.sync_weights()
                     since_sync = 0
-                if since_count >= 256:
-                    control.add("env_steps", since_count)
+                if since_beat >= 256:
+                    control.add("env_steps", self.steps - reported)
                     control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
-                    since_count = 0
+                    reported, since_beat = self.steps, 0
             if control.state(self.slot) == State.RETIRING:  # complete what we have, then leave
                 self.finish()
         except RingClosed:
             pass
-        control.add("env_steps", since_count)
+        control.add("env_steps", self.steps - reported)
 
     def close(self) -> None:
         self.env.close()

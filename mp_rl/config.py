@@ -57,6 +57,7 @@ class EnvConfig(_Section):
 
 class ActorsConfig(_Section):
     count: int | Auto = Field(2, description="Actor processes: a number, or 'auto' for the monitor to choose.")
+    initial: int | None = Field(None, ge=1, description="With count 'auto': actors to start with (null: what fits).")
     max_count: int = Field(64, ge=1, le=4096, description="Upper bound on actors (clamped to usable CPUs).")
     eps_base: float = Field(
         0.4, ge=0, le=1, description="Ape-X epsilon base: actor i of N uses eps ** (1 + alpha*i/(N-1))."
@@ -77,6 +78,9 @@ class ActorsConfig(_Section):
 
 class ReplayConfig(_Section):
     capacity: int | Auto = Field(100_000, description="Live replay rows: a number, or 'auto' for the monitor.")
+    initial_capacity: int | None = Field(
+        None, ge=64, description="With capacity 'auto': rows to start with (null: a quarter of available memory)."
+    )
     capacity_max: int = Field(
         1_000_000, ge=1024, le=10**9, description="Rows reserved up front (pages commit on first touch)."
     )
@@ -103,6 +107,7 @@ class LearnerConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")
     batch_size: int | Auto = Field(64, description="Rows per update: 8..2048, or 'auto' for the monitor.")
     max_batch_size: int = Field(2048, ge=8, le=65536, description="Largest batch the monitor may choose.")
+    initial_batch_size: int = Field(64, ge=8, le=65536, description="With batch_size 'auto': the batch to start with.")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
     grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip.")
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
@@ -131,6 +136,17 @@ class MonitorConfig(_Section):
     enabled: bool = Field(True, description="Run the resource monitor.")
     interval_s: float = Field(0.1, gt=0, le=60, description="Seconds between samples of the machine.")
     cooldown_s: float = Field(30.0, ge=0, description="Seconds between two moves of the knobs.")
+    decide_every_s: float = Field(1.0, gt=0, le=600, description="Seconds between two rounds of decisions.")
+    window_s: float = Field(3.0, gt=0, le=600, description="Seconds of history averaged for a decision.")
+    history_s: float = Field(300.0, gt=0, description="Seconds of snapshots kept (trends).")
+    capacity_min: int = Field(10_000, ge=64, description="Smallest replay capacity the monitor may choose.")
+    bottleneck: float = Field(0.85, gt=0, le=1, description="A resource busier than this is a bottleneck.")
+    potential: float = Field(0.70, gt=0, le=1, description="Busier than this: a potential bottleneck.")
+    headroom: float = Field(0.50, gt=0, le=1, description="Less busy than this: room to grow.")
+    starved: float = Field(0.20, ge=0, le=1, description="Learner waiting for data this share of time: starved.")
+    blocked: float = Field(0.20, ge=0, le=1, description="Actors held by the rate limiter this share: blocked.")
+    hysteresis: float = Field(0.05, ge=0, le=0.5, description="Margin a threshold needs to reverse a knob.")
+    worse: float = Field(0.05, ge=0, le=1, description="Throughput drop after a move that undoes it.")
 
 
 class LoggingConfig(_Section):

@@ -122,7 +122,7 @@ class Learner:
         if self.cfg.learner.batch_size != "auto":
             return self.cfg.learner.batch_size
         target = self.shared.control.target("batch_size")
-        return min(max(target, 8), self.max_batch) if target else min(64, self.max_batch)
+        return min(max(target or self.cfg.learner.initial_batch_size, 8), self.max_batch)
 
     def next_batch(self, timeout: float) -> dict[str, torch.Tensor] | None:
         if self.prefetch is not None:

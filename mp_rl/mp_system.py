@@ -17,10 +17,11 @@ from pathlib import Path
 
 from setproctitle import setproctitle
 
+from mp_rl import hardware
 from mp_rl.config import Config, dump_config
 from mp_rl.evaluator import Evaluator
 from mp_rl.preflight import Plan
-from mp_rl.procs import actor_main, learner_main, title
+from mp_rl.procs import actor_main, learner_main, monitor_main, title
 from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun, write_json_atomic
 from mp_rl.status import Metrics, StatusOutput
@@ -46,6 +47,7 @@ class Member:
     restarts: int = 0
     restart_at: float | None = None
     started: float = field(default_factory=time.monotonic)
+    retiring: bool = False
 
 
 class Supervisor:
@@ -67,6 +69,7 @@ class Supervisor:
         for run_id in remove_dead():
             log.warning("removed the segments of dead run %s", run_id)
         (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        write_json_atomic(self.run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
         p, numel = self.plan, self._numel()
         env = {"obs_shape": list(p.spec.obs_shape), "obs_dtype": p.spec.obs_dtype, "n_actions": p.spec.n_actions}
         info = {"env": env, "config": str(self.run_dir / "config.yaml")}
@@ -78,11 +81,13 @@ class Supervisor:
             control.set_counter(name, int(self.counters.get(name, 0)))
         control.set_target("actors", p.actors)
         control.set_target("capacity", p.capacity)
-        if self.cfg.learner.batch_size != "auto":
-            control.set_target("batch_size", self.cfg.learner.batch_size)
+        lc = self.cfg.learner
+        control.set_target("batch_size", lc.initial_batch_size if lc.batch_size == "auto" else lc.batch_size)
         self._spawn(Member("learner", control.claim(Kind.LEARNER, pid=0), 0))
         for i in range(p.actors):
             self._spawn(Member("actor", control.claim(Kind.ACTOR, pid=0, index=i), i))
+        if self.cfg.monitor.enabled:
+            self._spawn(Member("monitor", control.claim(Kind.MONITOR, pid=0), 0))
 
     def _numel(self) -> int:
         return numel_for(self.cfg, self.plan.spec)
@@ -93,9 +98,11 @@ class Supervisor:
             resume = str(self.resume) if self.resume else None
             args = (str(self.run_dir), cfg_json, m.slot, self.plan.actors, resume, me)
             target = learner_main
+        elif m.kind == "monitor":
+            args, target = (str(self.run_dir), cfg_json, m.slot, me), monitor_main
         else:
             seed = self.cfg.run.seed + 1000 * m.restarts + m.index
-            args = (str(self.run_dir), cfg_json, m.slot, m.index, self.plan.actors, seed, me)
+            args = (str(self.run_dir), cfg_json, m.slot, m.index, self.plan.epsilons_for, seed, me)
             target = actor_main
         m.process = self.ctx.Process(target=target, args=args, name=f"{m.kind}-{m.index}")
         self.shared.control.heartbeat(m.slot)  # a fresh member gets a full timeout to start
@@ -139,6 +146,7 @@ class Supervisor:
             self._check_members()
             if self.error:
                 break
+            self._reconcile()
             now = time.monotonic()
             if now >= next_status:
                 m = metrics.snapshot()
@@ -170,6 +178,9 @@ class Supervisor:
                 m.process.join(5)
             if m.process.exitcode is None:
                 continue
+            if m.retiring:  # asked to leave: it finished its block and released its slot
+                self._retired(m)
+                continue
             if m.kind == "learner":
                 self.error = (
                     f"learner exited with code {m.process.exitcode} (traceback in {self.run_dir}/logs/learner.log)"
@@ -177,17 +188,49 @@ class Supervisor:
                 return
             self._schedule_restart(m)
 
+    def _reconcile(self) -> None:
+        """Move toward the targets in the control block (the monitor writes them): actors, capacity."""
+        control = self.shared.control
+        actors = sorted((m for m in self.members.values() if m.kind == "actor" and not m.retiring),
+                        key=lambda m: m.index)  # fmt: skip
+        want = max(1, control.target("actors"))
+        if len(actors) < want:
+            used = {m.index for m in self.members.values() if m.kind == "actor"}
+            index = next(i for i in range(len(used) + 1) if i not in used)
+            try:
+                self._spawn(Member("actor", control.claim(Kind.ACTOR, pid=0, index=index), index))
+                log.info("actor-%d started (target %d actors)", index, want)
+            except RuntimeError as exc:  # every slot taken (attached actors): the target waits
+                log.warning("cannot add an actor: %s", exc)
+        elif len(actors) > want:
+            m = actors[-1]
+            if m.restart_at is not None:  # not running: just do not bring it back
+                self._retired(m)
+            elif control.retire(m.slot):
+                m.retiring = True
+                log.info("actor-%d retiring (target %d actors)", m.index, want)
+        capacity = control.target("capacity")
+        if capacity and capacity != self.shared.ring.capacity:
+            self.shared.ring.capacity = capacity  # writers trim, and release, what falls out of the window
+
+    def _retired(self, m: Member) -> None:
+        self.shared.ring.void_member(m.slot + 1)  # nothing half-written stays, even if it died retiring
+        if self.shared.control.state(m.slot).name != "FREE":
+            self.shared.control.leave(m.slot)
+        del self.members[m.slot]
+
     def _age(self, slot: int) -> float:
         return (time.monotonic_ns() - int(self.shared.control.members[slot, 3])) / 1e9
 
     def _schedule_restart(self, m: Member) -> None:
         self.shared.ring.void_member(m.slot + 1)  # leases its dead writer held
         m.restarts += 1
+        name = f"{m.kind}-{m.index}" if m.kind == "actor" else m.kind
         if m.restarts > self.cfg.run.max_restarts:
-            self.error = f"actor-{m.index} failed {m.restarts} times (see {self.run_dir}/logs/actor-{m.index}.log)"
+            self.error = f"{name} failed {m.restarts} times (see {self.run_dir}/logs/{name}.log)"
             return
         delay = min(10.0, 0.5 * 2 ** (m.restarts - 1))
-        log.warning("actor-%d exited with code %s; restart %d in %.1fs", m.index, m.process.exitcode, m.restarts, delay)
+        log.warning("%s exited with code %s; restart %d in %.1fs", name, m.process.exitcode, m.restarts, delay)
         m.restart_at = time.monotonic() + delay
 
     # --- stop ---------------------------------------------------------------------------------

@@ -19,13 +19,14 @@ import numpy as np
 
 
 class NStepBuilder:
-    """Feed `add(...)` once per vector step; it returns rows (or None) every `chunk` steps.
+    """`start(obs)` once, then `add(...)` once per vector step; it returns rows (or None) every `chunk` steps.
 
     >>> b = NStepBuilder(num_envs=1, obs_shape=(1,), obs_dtype="float32", n=2, gamma=0.5, chunk=2)
     >>> z, yes, no = np.zeros((1, 1), np.float32), np.ones(1, bool), np.zeros(1, bool)
-    >>> b.add(z, np.array([0]), np.array([1.0]), z, no, no) is None
+    >>> b.start(z)
+    >>> b.add(np.array([0]), np.array([1.0]), z, no, no) is None
     True
-    >>> b.add(z, np.array([1]), np.array([2.0]), z, yes, no) is None  # the episode ends here
+    >>> b.add(np.array([1]), np.array([2.0]), z, yes, no) is None  # the episode ends here
     True
     >>> b.flush()["reward"]  # 1 + 0.5*2 from the first step; the last step alone
     array([2., 2.], dtype=float32)
@@ -34,32 +35,48 @@ class NStepBuilder:
     def __init__(self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16):
         self.n, self.chunk, self.num_envs = n, chunk, num_envs
         size = chunk + n - 1  # a chunk of starts plus the look-ahead their last rows need
-        self.obs = np.zeros((size, num_envs, *obs_shape), dtype=obs_dtype)
-        self.next_obs = np.zeros_like(self.obs)
+        # Observations are stored once: with NEXT_STEP autoreset the observation a step returns is
+        # the one the next step starts from, so next_obs[t] is obs[t + 1] (one store per step, not two).
+        self.obs = np.zeros((size + 1, num_envs, *obs_shape), dtype=obs_dtype)
         self.act = np.zeros((size, num_envs), dtype=np.int64)
         self.rew = np.zeros((size, num_envs), dtype=np.float64)
-        self.ended = np.zeros((size, num_envs), dtype=bool)
-        self.terminal = np.zeros((size, num_envs), dtype=bool)
-        self.starts = np.zeros((size, num_envs), dtype=bool)  # this step may start a row
-        self.resetting = np.zeros(num_envs, dtype=bool)
+        self.term = np.zeros((size, num_envs), dtype=bool)  # raw flags as the env returned them
+        self.trunc = np.zeros((size, num_envs), dtype=bool)
+        self.ended = np.zeros((size, num_envs), dtype=bool)  # derived per chunk: an episode ended here
+        self.starts = np.zeros((size, num_envs), dtype=bool)  # derived per chunk: this step starts a row
+        self.derived = 0  # steps [0, derived) have `ended` and `starts` filled in
+        self.resetting = np.zeros(num_envs, dtype=bool)  # the step before `derived` ended an episode
         self.powers = gamma ** np.arange(n + 1)
         self.carry_return = np.zeros(num_envs)  # the running episode of each env, before this chunk
         self.carry_length = np.zeros(num_envs, dtype=np.int64)
         self.episodes = (np.zeros(0), np.zeros(0, np.int64))  # (returns, lengths) finished in the last chunk
+        self.taken = 0  # env steps that belong to an episode (autoreset steps excluded), in retired chunks
         self.k = 0  # steps stored
         self.first = 0  # steps before this one were already turned into rows
 
-    def add(self, obs, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray] | None:
+    def start(self, obs: np.ndarray) -> None:
+        """The observations the first step acts on (from `env.reset`)."""
+        self.obs[self.k] = obs
+
+    def add(self, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray] | None:
+        # Five stores and nothing else: everything derived is computed per chunk, vectorised.
         k = self.k
-        self.obs[k], self.next_obs[k], self.act[k], self.rew[k] = obs, next_obs, action, reward
-        self.starts[k] = ~self.resetting
-        self.terminal[k] = terminated & ~self.resetting
-        self.ended[k] = (terminated | truncated) & ~self.resetting
-        self.resetting = self.ended[k].copy()
-        self.k += 1
+        self.obs[k + 1], self.act[k], self.rew[k], self.term[k], self.trunc[k] = (
+            next_obs, action, reward, terminated, truncated,
+        )  # fmt: skip
+        self.k = k + 1
         if self.k < len(self.rew):
             return None
         return self._rows(self.chunk, final=False)
+
+    def _derive(self) -> None:
+        """Fill `starts` and `ended` for the stored steps: the step after an episode's end only
+        resets that env (whatever flags it carries), so it starts no row and ends nothing."""
+        for t in range(self.derived, self.k):
+            self.starts[t] = ~self.resetting
+            np.logical_and(self.term[t] | self.trunc[t], self.starts[t], out=self.ended[t])
+            np.copyto(self.resetting, self.ended[t])  # a copy: the rows are shifted in place
+        self.derived = self.k
 
     def flush(self) -> dict[str, np.ndarray] | None:
         """Rows that can be completed now, before the chunk is full (an actor leaving, a test's end)."""
@@ -67,6 +84,7 @@ class NStepBuilder:
 
     def _rows(self, count: int, final: bool) -> dict[str, np.ndarray]:
         """Rows for starts [first, count): horizon, return, discount, next observation."""
+        self._derive()
         n, k = self.n, self.k
         s = np.arange(self.first, count)[:, None]
         envs = np.arange(self.num_envs)[None, :]
@@ -84,7 +102,7 @@ class NStepBuilder:
             known |= step & (ended | (j == n - 1))
             alive &= ~ended & inside
         h = last - s + 1
-        disc = np.where(self.terminal[last, envs], 0.0, self.powers[h])
+        disc = np.where(self.term[last, envs] & self.ended[last, envs], 0.0, self.powers[h])
         t, e = np.nonzero(self.starts[self.first : count] & known)
         t = t + self.first
         rows = {
@@ -92,9 +110,10 @@ class NStepBuilder:
             "action": self.act[t, e],
             "reward": ret[t - self.first, e].astype(np.float32),
             "discount": disc[t - self.first, e].astype(np.float32),
-            "next_obs": self.next_obs[last[t - self.first, e], e],
+            "next_obs": self.obs[last[t - self.first, e] + 1, e],
         }
         self.episodes = self._finished_episodes(self.first, count)
+        self.taken += int(np.count_nonzero(self.starts[self.first : count]))
         if final:
             self.first = count  # the rows not yet known are dropped with the actor that leaves
         else:
@@ -130,6 +149,8 @@ class NStepBuilder:
     def _shift(self) -> None:
         """Keep the last n-1 steps (the look-ahead) at the front for the next chunk."""
         keep = self.n - 1
-        for arr in (self.obs, self.next_obs, self.act, self.rew, self.ended, self.terminal, self.starts):
+        for arr in (self.act, self.rew, self.term, self.trunc, self.ended, self.starts):
             arr[:keep] = arr[self.chunk : self.chunk + keep]
-        self.k, self.first = keep, 0
+        self.obs[: keep + 1] = self.obs[self.chunk : self.chunk + keep + 1]
+        self.k = self.derived = keep
+        self.first = 0

@@ -36,6 +36,11 @@ class Plan:
     capacity: int
     max_members: int
     warnings: list[str] = field(default_factory=list)
+    schedule: int = 0  # Ape-X epsilon schedule size: the most actors this run may have (0: `actors`)
+
+    @property
+    def epsilons_for(self) -> int:
+        return max(self.schedule, self.actors)
 
 
 def _gib(n: float) -> str:
@@ -52,7 +57,7 @@ def plan(cfg: Config) -> Plan:
     warnings = []
     cpus = resources.usable_cpus()
     fits = max(1, cpus - 1)  # one CPU for the learner
-    wanted = fits if cfg.actors.count == "auto" else cfg.actors.count
+    wanted = (cfg.actors.initial or fits) if cfg.actors.count == "auto" else cfg.actors.count
     actors = min(wanted, fits, cfg.actors.max_count)
     if cfg.actors.count == "auto":
         warnings.append(
@@ -64,8 +69,9 @@ def plan(cfg: Config) -> Plan:
     ring = ring.normalised()
     row = sum(f.row_bytes for f in ring.fields) + 8
     capacity = cfg.replay.capacity
-    if capacity == "auto":  # start at what a quarter of free memory holds; the monitor moves it
-        capacity = int(min(ring.capacity_max, max(10_000, resources.available_memory() // 4 // row)))
+    if capacity == "auto":  # start at what a quarter of free memory holds (or as asked); the monitor moves it
+        quarter = max(10_000, resources.available_memory() // 4 // row)
+        capacity = int(min(ring.capacity_max, cfg.replay.initial_capacity or quarter))
         warnings.append(f"replay.capacity auto: starting at {capacity:,} rows ({_gib(capacity * row)})")
     need, avail = capacity * row, resources.available_memory()
     if need > 0.9 * avail:
@@ -77,7 +83,10 @@ def plan(cfg: Config) -> Plan:
         warnings.append(
             f"replay.capacity_max would need {_gib(ring.capacity_max * row)}; capacity will stay within RAM"
         )
-    return Plan(cfg, spec, ring, cfg.rate_limit(), actors, capacity, cfg.actors.max_count + 8, warnings)
+    # An auto actor count moves between 1 and the usable CPUs; epsilons are spread over that range so
+    # an actor keeps its epsilon when others come and go.
+    schedule = min(cpus, cfg.actors.max_count) if cfg.actors.count == "auto" else actors
+    return Plan(cfg, spec, ring, cfg.rate_limit(), actors, capacity, cfg.actors.max_count + 8, warnings, schedule)
 
 
 def new_run_dir(cfg: Config) -> Path:

@@ -25,6 +25,7 @@ from setproctitle import setproctitle
 from mp_rl import resources
 from mp_rl.config import Config
 from mp_rl.envs import EnvSpec
+from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
 
 PR_SET_PDEATHSIG = 1
@@ -88,6 +89,9 @@ def actor_main(
         log.info("actor %d (slot %d) epsilon %.4f", index, slot, actor.epsilon)
         actor.run()
         actor.close()
+        if shared.control.state(slot) == State.RETIRING:  # retired: its block is finished, the slot is free
+            shared.control.leave(slot)
+            log.info("actor %d retired", index)
 
 
 def learner_main(
@@ -109,6 +113,18 @@ def learner_main(
         learner.publish()
         log.info("learner on %s, amp %s", learner.device, learner.amp_dtype)
         run_learner(learner, run_dir_p / "checkpoints", slot, log)
+
+
+def monitor_main(run_dir: str, cfg_json: dict, slot: int, parent_pid: int | None) -> None:
+    from mp_rl.monitor.process import Monitor
+
+    log = child_setup(Path(run_dir), Path(run_dir).name, "monitor", parent_pid)
+    with member_of(run_dir, slot, log) as shared:
+        monitor = Monitor(Config.model_validate(cfg_json), shared, Path(run_dir))
+        try:
+            monitor.run(beat=lambda: shared.control.heartbeat(slot))
+        finally:
+            monitor.close()
 
 
 def run_learner(learner, folder: Path, slot: int, log: logging.Logger) -> None:

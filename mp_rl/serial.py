@@ -40,14 +40,14 @@ class SerialRun:
 
     def train(self, max_seconds: float = float("inf")) -> int:
         """Step until total_env_steps or `max_seconds`; returns env steps taken."""
-        deadline, steps, since_sync = time.monotonic() + max_seconds, 0, 0
-        while steps < self.cfg.run.total_env_steps and time.monotonic() < deadline:
-            taken = self.actor.step()
-            steps, since_sync = steps + taken, since_sync + taken
+        deadline, since_sync, before = time.monotonic() + max_seconds, 0, self.actor.steps
+        while self.actor.steps - before < self.cfg.run.total_env_steps and time.monotonic() < deadline:
+            since_sync += self.actor.step()
             self._catch_up()
             if since_sync >= self.cfg.actors.sync_every:
                 self.actor.sync_weights()
                 since_sync = 0
+        steps = self.actor.steps - before
         self.shared.control.add("env_steps", steps)
         return steps
 

@@ -42,17 +42,30 @@ class Metrics:
         ring = self.shared.ring
         return {
             "time": round(now - self.started, 3),
+            "unix_time": round(time.time(), 3),
             **{k: counts[k] for k in ("env_steps", "updates", "episodes", "inserts", "samples")},
             **{f"{k}_per_s": round(v, 1) for k, v in rate.items()},
             "return_mean": round(float(np.mean(self.returns)), 2) if self.returns else None,
             "replay_size": ring.size(),
             "replay_capacity": ring.capacity,
             "actors": len(actors),
+            "batch_size": self.shared.control.target("batch_size"),
             "attached": sum(m["attached"] for m in actors),
             "weight_version": version,
             "weight_lag": max((version - m["weights"] for m in actors), default=0),
             "learner_wait_frac": round(waited, 3),
+            **monitor_view(self.shared.control.read_snapshot()),
         }
+
+
+def monitor_view(snap: dict | None) -> dict:
+    """The monitor's word for the status line: the bottleneck it sees and its last move."""
+    if snap is None:
+        return {"bottleneck": None, "last_decision": None, "cpu_busy": None, "ram_headroom": None}
+    last = snap.get("last_decision")
+    move = None if last is None else f"{last['knob']} {last['old']:,}->{last['new']:,}"
+    return {"bottleneck": snap.get("bottleneck"), "last_decision": move, "cpu_busy": snap.get("cpu_busy"),
+            "ram_headroom": snap.get("ram_headroom")}  # fmt: skip
 
 
 def format_line(m: dict) -> str:
@@ -61,6 +74,8 @@ def format_line(m: dict) -> str:
         f"steps {m['env_steps']:,} ({m['env_steps_per_s']:,.0f}/s) | updates {m['updates']:,} "
         f"({m['updates_per_s']:,.0f}/s) | samples {m['samples_per_s']:,.0f}/s | return {ret} | "
         f"replay {m['replay_size']:,}/{m['replay_capacity']:,} | actors {m['actors']} | lag {m['weight_lag']}"
+        + (f" | bottleneck {m['bottleneck']}" if m.get("bottleneck") else "")
+        + (f" | last move {m['last_decision']}" if m.get("last_decision") else "")
     )
 
 

@@ -51,3 +51,21 @@ def shm_name(request):
 @pytest.fixture(scope="session")
 def spawn():
     return mp.get_context("spawn")
+
+
+@pytest.fixture
+def live(tmp_path):
+    """Start the real CLI in the background (`live(*args, env=...)`); killed and cleaned up afterwards."""
+    from system_helpers import LiveRun
+
+    runs = []
+
+    def start(*args, env=None):
+        run = LiveRun(tmp_path / "runs", *args, env=env)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None or run.members():
+            run.kill_all()

@@ -40,15 +40,19 @@ def reference_rows(steps, n: int, gamma: float, num_envs: int) -> dict:
 def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma, seed, chunk):
     rng = np.random.default_rng(seed)
     steps = []
+
+    def obs(t: int) -> np.ndarray:  # unique per (t, env); a step's next_obs is the next step's obs
+        return np.full((num_envs, 1), t * 10.0, np.float32) + np.arange(num_envs)[:, None]
+
     for t in range(length):
-        obs = np.full((num_envs, 1), t * 10.0, np.float32) + np.arange(num_envs)[:, None]  # unique per (t, env)
         steps.append((
-            obs, rng.integers(0, 3, num_envs), rng.integers(-2, 3, num_envs).astype(np.float64),
-            obs + 1000.0, rng.random(num_envs) < 0.15, rng.random(num_envs) < 0.1,
+            obs(t), rng.integers(0, 3, num_envs), rng.integers(-2, 3, num_envs).astype(np.float64),
+            obs(t + 1), rng.random(num_envs) < 0.15, rng.random(num_envs) < 0.1,
         ))  # fmt: skip
     builder = NStepBuilder(num_envs, (1,), "float32", n, gamma, chunk=chunk)
+    builder.start(obs(0))
     got = {}
-    for r in [builder.add(*step) for step in steps] + [builder.flush()]:
+    for r in [builder.add(*step[1:]) for step in steps] + [builder.flush()]:
         if r is None:
             continue
         for i in range(len(r["reward"])):
@@ -64,20 +68,22 @@ def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma,
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 80), st.integers(0, 2**31), st.sampled_from([1, 3, 16]))
-def test_episode_returns_and_lengths_match_a_per_step_tally(n, num_envs, length, seed, chunk):
+def test_episode_returns_lengths_and_steps_taken_match_a_per_step_tally(n, num_envs, length, seed, chunk):
     rng = np.random.default_rng(seed)
     builder = NStepBuilder(num_envs, (1,), "float32", n, 0.9, chunk=chunk)
+    builder.start(np.zeros((num_envs, 1), np.float32))
     want, running, steps, resetting = [], np.zeros(num_envs), np.zeros(num_envs, int), np.zeros(num_envs, bool)
-    got_r, got_l = [], []
+    got_r, got_l, taken = [], [], 0
     for _ in range(length):
         obs = np.zeros((num_envs, 1), np.float32)
         rew = rng.integers(-3, 4, num_envs).astype(float)
         term, trunc = rng.random(num_envs) < 0.1, rng.random(num_envs) < 0.05
-        rows = builder.add(obs, np.zeros(num_envs, int), rew, obs, term, trunc)
+        rows = builder.add(np.zeros(num_envs, int), rew, obs, term, trunc)
         if rows is not None:
             got_r += builder.episodes[0].tolist()
             got_l += builder.episodes[1].tolist()
         valid = ~resetting
+        taken += int(valid.sum())
         running[valid] += rew[valid]
         steps[valid] += 1
         done = (term | trunc) & valid
@@ -87,3 +93,4 @@ def test_episode_returns_and_lengths_match_a_per_step_tally(n, num_envs, length,
         got_r += builder.episodes[0].tolist()
         got_l += builder.episodes[1].tolist()
     assert sorted(zip(got_r, got_l, strict=True)) == sorted(want)
+    assert builder.taken == taken, "autoreset steps are not env steps; every other step is counted once"

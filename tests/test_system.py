@@ -9,27 +9,12 @@ import time
 
 import psutil
 import pytest
-from system_helpers import REPO, LiveRun, wait_for
+from system_helpers import REPO, wait_for
 
 from mp_rl.shm.segment import list_segments
 from mp_rl.tools.cleanup import runs_in_shm
 
 LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]
-
-
-@pytest.fixture
-def live(tmp_path):
-    runs = []
-
-    def start(*args, env=None):
-        run = LiveRun(tmp_path / "runs", *args, env=env)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        if run.proc.poll() is None or run.members():
-            run.kill_all()
 
 
 def test_a_run_titles_its_processes_writes_metrics_and_checkpoints_and_stops_on_sigint(live):

@@ -8,6 +8,7 @@ its state word, so two processes racing for slots never get the same one. A memb
 from __future__ import annotations
 
 import enum
+import json
 import os
 import time
 
@@ -17,7 +18,7 @@ from mp_rl.shm import atomics
 from mp_rl.shm.segment import Layout, Segment
 from mp_rl.shm.sync import Wakeup
 
-MAGIC = 0x6D70726C_00000001  # "mprl", layout version 1
+MAGIC = 0x6D70726C_00000002  # "mprl", layout version 2 (adds the monitor snapshot)
 
 
 class State(enum.IntEnum):
@@ -40,6 +41,7 @@ M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = rang
 COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
 EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
 TARGETS = ("actors", "batch_size", "capacity")
+SNAPSHOT_BYTES = 64 * 1024  # the monitor's latest snapshot, as JSON, under a seqlock
 
 
 class ControlBlock:
@@ -61,6 +63,8 @@ class ControlBlock:
         self.members = v["members"]
         self._ep_log, self._ep_cursor = v["ep_log"], v["ep_cursor"]
         self._ep_cursor_addr = atomics.address_of(v["ep_cursor"])
+        self._snap_seq, self._snapshot = v["snap_seq"], v["snapshot"]
+        self._snap_addr = atomics.address_of(v["snap_seq"])
         self._counter_addr = atomics.address_of(v["counters"])
         self._member_addr = atomics.address_of(self.members.reshape(-1))
         self.stop_addr = atomics.address_of(v["run"], 2)
@@ -71,7 +75,8 @@ class ControlBlock:
         return Layout.build(
             [("run", "<i8", (8,)), ("counters", "<i8", (8,)), ("targets", "<i8", (8,)),
              ("wake", "<i4", (16,)), ("members", "<i8", (max_members, 8)),
-             ("ep_cursor", "<i8", (8,)), ("ep_log", "<f8", (EPISODE_LOG, 4))]
+             ("ep_cursor", "<i8", (8,)), ("ep_log", "<f8", (EPISODE_LOG, 4)),
+             ("snap_seq", "<i8", (8,)), ("snapshot", "u1", (SNAPSHOT_BYTES,))]
         )  # fmt: skip
 
     @classmethod
@@ -157,6 +162,36 @@ class ControlBlock:
         rows = self._ep_log[idx % EPISODE_LOG].copy()
         return rows[rows[:, 3] == idx + 1, :3], end
 
+    # --- the monitor's snapshot -------------------------------------------------------------
+    def publish_snapshot(self, snapshot: dict) -> None:
+        """One writer (the monitor). Seqlock: odd while writing, so a reader retries a torn copy."""
+        data = json.dumps(snapshot, separators=(",", ":")).encode()[:SNAPSHOT_BYTES]
+        seq = atomics.load(self._snap_addr)
+        atomics.store(self._snap_addr, seq + 1)  # odd: a write is in progress
+        atomics.fence()  # the bytes below may not be seen before the odd mark
+        self._snapshot[: len(data)] = np.frombuffer(data, np.uint8)
+        self._snap_seq[1] = len(data)
+        atomics.store(self._snap_addr, seq + 2)  # store is SEQ_CST: the bytes are visible before it
+
+    def read_snapshot(self, tries: int = 100) -> dict | None:
+        """The latest snapshot, or None before the monitor's first one (or if it stays torn)."""
+        for _ in range(tries):
+            seq = atomics.load(self._snap_addr)
+            if seq == 0:
+                return None
+            if seq % 2:
+                time.sleep(0.0005)
+                continue
+            n = int(self._snap_seq[1])
+            data = self._snapshot[:n].tobytes()
+            atomics.fence()
+            if atomics.load(self._snap_addr) == seq:
+                try:
+                    return json.loads(data)
+                except ValueError:  # cut at SNAPSHOT_BYTES: should not happen, never fatal
+                    return None
+        return None
+
     # --- membership -------------------------------------------------------------------------
     def claim(self, kind: Kind, pid: int | None = None, flags: int = 0, index: int = -1) -> int:
         """Take a free slot atomically; return its number. Raises RuntimeError when all are taken."""
@@ -217,6 +252,7 @@ class ControlBlock:
 
     def close(self) -> None:
         self._run = self._counters = self._targets = self.members = self._ep_log = self._ep_cursor = None
+        self._snap_seq = self._snapshot = None
         self.segment.close()
 
     def destroy(self) -> None:

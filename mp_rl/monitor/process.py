@@ -1,0 +1,113 @@
+"""The monitor: sample the machine and the pipeline, keep a short history, decide, write targets.
+
+`Monitor` runs in one process for tests (`tick(now)` with injected sources and clock);
+`monitor_main` is the process shell the supervisor spawns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mp_rl import resources
+from mp_rl.config import Config
+from mp_rl.monitor.policy import Knob, Policy, Thresholds
+from mp_rl.monitor.sources import MachineSource, PipelineSource
+from mp_rl.shm.manifest import SharedRun
+
+DECISIONS = "decisions.jsonl"
+CAPACITY_HI = 10_000_000
+
+
+def knobs_for(cfg: Config, shared: SharedRun, usable: int) -> dict[str, Knob]:
+    """The three knobs: `auto` ones are the monitor's within their bounds, numbers stay as they are."""
+    control, ring = shared.control, shared.ring
+    batch = control.target("batch_size") or 64
+    cap_hi = min(ring.spec.capacity_max, CAPACITY_HI)
+    return {
+        "actors": Knob("actors", max(1, control.target("actors")), cfg.actors.count == "auto", 1,
+                       max(1, min(usable, cfg.actors.max_count)), step=max(1, usable // 4), min_step=1),
+        "batch_size": Knob("batch_size", batch, cfg.learner.batch_size == "auto", 8, cfg.learner.max_batch_size,
+                           step=2.0, min_step=1.19),
+        "capacity": Knob("capacity", ring.capacity, cfg.replay.capacity == "auto",
+                         min(cfg.monitor.capacity_min, cap_hi), cap_hi, step=1.0, min_step=1.0),
+    }  # fmt: skip
+
+
+class Monitor:
+    def __init__(self, cfg: Config, shared: SharedRun, run_dir: Path, machine=None, pipeline=None):
+        mc = cfg.monitor
+        self.cfg, self.shared, self.run_dir = cfg, shared, Path(run_dir)
+        self.machine = machine or MachineSource()
+        self.pipeline = pipeline or PipelineSource(shared)
+        self.history: deque[dict] = deque(maxlen=max(10, int(mc.history_s / mc.interval_s)))
+        self.usable = resources.usable_cpus()
+        t = Thresholds(mc.bottleneck, mc.potential, mc.headroom, mc.starved, mc.blocked, mc.hysteresis, mc.worse)
+        settle = max(2 * mc.window_s, min(mc.cooldown_s, 10.0))
+        self.policy = Policy(knobs_for(cfg, shared, self.usable), mc.cooldown_s, settle, t)
+        self.row_bytes = sum(f.row_bytes for f in shared.ring.spec.fields) + 8
+        self.decisions = open(self.run_dir / DECISIONS, "a", buffering=1)  # noqa: SIM115 (closed in close())
+        self.next_decide = 0.0
+        self.ready_at: float | None = None  # when the learner could first sample (replay past min_fill)
+        self.last_decision: dict | None = None
+        self.started = time.monotonic()
+
+    def sample(self, now: float) -> dict:
+        snap = {"time": round(now - self.started, 3), **self.machine.sample(now), **self.pipeline.sample(now)}
+        self.history.append(snap)
+        return snap
+
+    def window(self, now: float) -> dict:
+        """Means of the numeric fields over the last `window_s` (a trend, not one noisy sample)."""
+        since = now - self.started - self.cfg.monitor.window_s
+        recent = [s for s in self.history if s["time"] >= since] or list(self.history)[-1:]
+        w = {}
+        for key in recent[-1]:
+            vals = [s[key] for s in recent if isinstance(s.get(key), (int, float)) and not isinstance(s[key], bool)]
+            if key in ("time", "members", "cpu_per_core") or not vals:
+                continue
+            w[key] = round(float(np.mean(vals)), 4)
+        w["row_bytes"] = self.row_bytes
+        return w
+
+    def tick(self, now: float) -> list[dict]:
+        """Sample; every `decide_every_s`, decide and act. Returns the decision records written."""
+        snap = self.sample(now)
+        records: list[dict] = []
+        if self.ready_at is None and snap["replay_size"] >= self.cfg.replay.min_fill:
+            self.ready_at = now
+        # Decisions start once a whole window has been measured with the learner training: before
+        # min_fill the learner waits by design, and the first CPU sample has no reference yet.
+        ready = self.ready_at is not None and now - self.ready_at >= self.cfg.monitor.window_s
+        if ready and now >= self.next_decide:
+            self.next_decide = now + self.cfg.monitor.decide_every_s
+            knobs = self.policy.knobs
+            knobs["actors"].value = max(1, self.shared.control.target("actors"))  # what the supervisor works toward
+            knobs["actors"].hi = max(1, min(self.usable, self.cfg.actors.max_count) - snap["attached"])
+            records = self.policy.decide(self.window(now), now - self.started)
+            for rec in records:
+                rec["unix_time"] = round(time.time(), 3)
+                if rec["kind"] == "move":
+                    self.shared.control.set_target(rec["knob"], rec["new"])
+                    self.last_decision = rec
+                self.decisions.write(json.dumps(rec) + "\n")
+        classified = self.policy.classify(self.window(now))
+        last = self.last_decision
+        brief = None if last is None else {k: last[k] for k in ("id", "time", "knob", "rule", "old", "new")}
+        self.shared.control.publish_snapshot({**snap, **classified, "last_decision": brief})
+        return records
+
+    def run(self, beat: Callable[[], None] = lambda: None) -> None:
+        control, interval = self.shared.control, self.cfg.monitor.interval_s
+        while not control.stopping:
+            self.tick(time.monotonic())
+            beat()
+            control.wait_stop(interval)
+
+    def close(self) -> None:
+        self.decisions.close()

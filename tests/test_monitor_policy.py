@@ -1,0 +1,150 @@
+"""The monitor's decisions against hand-made snapshots: rules, bounds, cooldown, hysteresis, undo."""
+
+from __future__ import annotations
+
+import pytest
+
+from mp_rl.monitor.policy import Knob, Policy
+
+ROW = 64
+
+
+def knobs(actors_auto=True, batch_auto=True, capacity_auto=True, actors=2, batch=64, capacity=100_000) -> dict:
+    return {
+        "actors": Knob("actors", actors, actors_auto, 1, 8, step=1, min_step=1),
+        "batch_size": Knob("batch_size", batch, batch_auto, 8, 2048, step=2.0, min_step=1.19),
+        "capacity": Knob("capacity", capacity, capacity_auto, 10_000, 10_000_000, step=1, min_step=1),
+    }
+
+
+def window(**over) -> dict:
+    """A balanced pipeline: nothing to do."""
+    w = {"cpu_busy": 0.65, "ram_headroom": 0.35, "ram_available": 8 << 30, "learner_wait_frac": 0.05,
+         "actor_blocked_frac": 0.05, "env_steps_per_s": 1000.0, "row_bytes": ROW, "gpu_util": None}  # fmt: skip
+    return {**w, **over}
+
+
+def moves(records: list[dict]) -> list[tuple]:
+    return [(r["knob"], r["old"], r["new"]) for r in records if r["kind"] == "move"]
+
+
+def policy(cooldown=30.0, settle=10.0, **kw) -> Policy:
+    return Policy(knobs(**kw), cooldown_s=cooldown, settle_s=settle)
+
+
+def test_a_balanced_pipeline_moves_nothing():
+    assert moves(policy().decide(window(), now=100.0)) == []
+
+
+@pytest.mark.parametrize(
+    ("headroom", "capacity"),
+    [(0.65, 200_000), (0.45, 120_000), (0.35, 100_000), (0.25, 90_000), (0.15, 70_000)],
+)
+def test_capacity_follows_the_ram_headroom_rules(headroom, capacity):
+    p = policy()
+    p.decide(window(ram_headroom=headroom), now=100.0)
+    assert p.knobs["capacity"].value == capacity
+
+
+def test_capacity_stays_within_its_bounds_and_says_so():
+    p = policy(capacity=10_000_000)
+    recs = p.decide(window(ram_headroom=0.9), now=100.0)
+    assert moves(recs) == []
+    assert any(r["kind"] == "declined" and "bound" in r["reason"] for r in recs)
+    p = policy(capacity=10_500)
+    p.decide(window(ram_headroom=0.1), now=100.0)
+    assert p.knobs["capacity"].value == 10_000
+
+
+def test_capacity_does_not_grow_past_what_available_memory_holds():
+    p = policy(capacity=1_000_000)
+    p.decide(window(ram_headroom=0.9, ram_available=100 * ROW * 1_000_000 // 100), now=100.0)  # extra > half of it
+    assert p.knobs["capacity"].value == 1_000_000
+
+
+def test_a_starved_learner_gets_more_actors_and_blocked_actors_a_larger_batch():
+    p = policy()
+    assert moves(p.decide(window(learner_wait_frac=0.5), now=100.0)) == [("actors", 2, 3)]
+    p = policy()
+    assert moves(p.decide(window(actor_blocked_frac=0.5), now=100.0)) == [("batch_size", 64, 128)]
+
+
+def test_idle_cores_get_actors_and_a_saturated_cpu_loses_one():
+    assert moves(policy().decide(window(cpu_busy=0.3), now=100.0)) == [("actors", 2, 3)]
+    assert moves(policy().decide(window(cpu_busy=0.95), now=100.0)) == [("actors", 2, 1)]
+
+
+def test_blocked_actors_with_the_batch_at_its_limit_lose_an_actor():
+    p = policy(batch=2048)
+    assert moves(p.decide(window(actor_blocked_frac=0.5), now=100.0)) == [("actors", 2, 1)]
+
+
+def test_a_busy_gpu_or_full_vram_halves_the_batch():
+    assert moves(policy().decide(window(gpu_util=0.95), now=100.0)) == [("batch_size", 64, 32)]
+    vram = {"vram_used": 9.5, "vram_total": 10.0, "gpu_util": 0.5}
+    assert moves(policy().decide(window(**vram), now=100.0)) == [("batch_size", 64, 32)]
+
+
+def test_fixed_knobs_never_move():
+    p = policy(actors_auto=False, batch_auto=False, capacity_auto=False)
+    recs = p.decide(window(learner_wait_frac=0.9, actor_blocked_frac=0.0, ram_headroom=0.9), now=100.0)
+    assert moves(recs) == []
+    assert {r["knob"] for r in recs if r["reason"] == "fixed in the config"} == {"actors", "capacity"}
+
+
+def test_cooldown_spaces_moves_and_declines_are_logged_once():
+    p = policy(cooldown=30.0, settle=10.0)
+    assert moves(p.decide(window(learner_wait_frac=0.5), now=100.0)) == [("actors", 2, 3)]
+    first = p.decide(window(learner_wait_frac=0.5), now=105.0)
+    assert moves(first) == [] and [r["reason"] for r in first if r["kind"] == "declined"] == ["cooldown"]
+    assert p.decide(window(learner_wait_frac=0.5), now=106.0) == []  # the same refusal is not repeated
+    later = p.decide(window(learner_wait_frac=0.5, env_steps_per_s=1500.0), now=131.0)
+    assert moves(later) == [("actors", 3, 4)]
+
+
+def test_ram_pressure_shrinks_the_replay_even_during_the_cooldown():
+    p = policy(cooldown=30.0)
+    p.decide(window(learner_wait_frac=0.5), now=100.0)
+    assert moves(p.decide(window(ram_headroom=0.1), now=102.0)) == [("capacity", 100_000, 70_000)]
+
+
+def test_hysteresis_keeps_a_value_on_a_threshold_from_flipping():
+    p = policy(cooldown=0.0, settle=0.0)
+    p.decide(window(ram_headroom=0.41), now=0.0)  # > 40 %: grew
+    assert p.knobs["capacity"].value == 120_000
+    history = []
+    for i, head in enumerate([0.29, 0.31, 0.28, 0.305, 0.27, 0.29]):  # hovering around the 30 % line
+        history += moves(p.decide(window(ram_headroom=head), now=1.0 + i))
+    assert history == [], "within the hysteresis margin of a reversal nothing moves"
+    assert moves(p.decide(window(ram_headroom=0.24), now=10.0)) == [("capacity", 120_000, 108_000)]
+
+
+def test_a_move_that_made_things_worse_is_undone_and_not_retried_at_once():
+    p = policy(cooldown=5.0, settle=5.0)
+    assert moves(p.decide(window(cpu_busy=0.3, env_steps_per_s=1000.0), now=0.0)) == [("actors", 2, 3)]
+    recs = p.decide(window(cpu_busy=0.3, env_steps_per_s=700.0), now=6.0)
+    effect = next(r for r in recs if r["kind"] == "effect")
+    assert effect["verdict"] == "worse: undone" and effect["change"] == pytest.approx(-0.3)
+    assert moves(recs) == [("actors", 3, 2)]
+    assert next(r for r in recs if r["kind"] == "move")["undo_of"] == 1
+    retry = p.decide(window(cpu_busy=0.3, env_steps_per_s=700.0), now=12.0)
+    assert moves(retry) == [] and any("undone recently" in r.get("reason", "") for r in retry)
+
+
+def test_a_move_that_did_not_help_shrinks_the_step():
+    p = policy(cooldown=5.0, settle=5.0)
+    p.decide(window(actor_blocked_frac=0.5, env_steps_per_s=1000.0), now=0.0)
+    recs = p.decide(window(actor_blocked_frac=0.5, env_steps_per_s=1005.0), now=6.0)
+    assert next(r for r in recs if r["kind"] == "effect")["verdict"].startswith("did not help")
+    assert p.knobs["batch_size"].step == pytest.approx(2**0.5)
+    assert moves(recs) == [("batch_size", 128, 181)]  # the next move is the smaller step
+
+
+def test_the_bottleneck_is_named_from_the_pipeline_first():
+    p = policy()
+    assert p.classify(window(learner_wait_frac=0.5, cpu_busy=0.95))["bottleneck"].startswith("actors")
+    assert p.classify(window(actor_blocked_frac=0.5))["bottleneck"].startswith("learner")
+    assert p.classify(window(cpu_busy=0.95))["bottleneck"] == "cpu"
+    assert p.classify(window(ram_headroom=0.05))["bottleneck"] == "ram"
+    levels = p.classify(window(cpu_busy=0.75))["levels"]
+    assert levels["cpu"] == "potential" and levels["gpu"] is None
