@@ -123,8 +123,11 @@ class Actor:
     def sync_weights(self) -> None:
         self.weights = self.shared.board.read_into(self.flat, self.weights)
 
-    def run(self) -> None:
-        """Act until the run stops or this actor is retired (then finish the block and leave)."""
+    def run(self, run_alive: Callable[[], bool] | None = None) -> None:
+        """Act until the run stops or this actor is retired (then finish the block and leave).
+
+        `run_alive`, checked at each heartbeat, lets an actor attached by hand notice a supervisor
+        that died without setting the stop flag."""
         control, sync_every = self.shared.control, self.cfg.actors.sync_every
         since_sync = since_beat = 0
         reported = self.steps
@@ -141,6 +144,8 @@ class Actor:
                     control.add("env_steps", self.steps - reported)
                     control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
                     reported, since_beat = self.steps, 0
+                    if run_alive is not None and not run_alive():
+                        break
             if control.state(self.slot) == State.RETIRING:  # complete what we have, then leave
                 self.finish()
         except RingClosed:

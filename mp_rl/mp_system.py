@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from setproctitle import setproctitle
 
 from mp_rl import hardware
@@ -36,6 +37,13 @@ def numel_for(cfg: Config, spec) -> int:
 
     lc = cfg.learner
     return sum(q.numel() for q in build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).parameters())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass
@@ -146,6 +154,7 @@ class Supervisor:
             self._check_members()
             if self.error:
                 break
+            self._check_attached()
             self._reconcile()
             now = time.monotonic()
             if now >= next_status:
@@ -187,6 +196,19 @@ class Supervisor:
                 )
                 return
             self._schedule_restart(m)
+
+    def _check_attached(self) -> None:
+        """Actors attached by hand are not ours to restart; a dead or silent one loses its slot."""
+        control, timeout = self.shared.control, self.cfg.run.heartbeat_timeout_s
+        for m in control.live_members():
+            if not m["attached"] or m["slot"] in self.members:
+                continue
+            if _alive(m["pid"]) and m["heartbeat_age_s"] <= timeout:
+                continue
+            voided = self.shared.ring.void_member(m["slot"] + 1)  # its half-written block is never stamped
+            control.leave(m["slot"])
+            log.warning("attached actor in slot %d (pid %d) is gone: slot freed, %d block(s) voided",
+                        m["slot"], m["pid"], voided)  # fmt: skip
 
     def _reconcile(self) -> None:
         """Move toward the targets in the control block (the monitor writes them): actors, capacity."""

@@ -73,7 +73,9 @@ def format_line(m: dict) -> str:
     return (
         f"steps {m['env_steps']:,} ({m['env_steps_per_s']:,.0f}/s) | updates {m['updates']:,} "
         f"({m['updates_per_s']:,.0f}/s) | samples {m['samples_per_s']:,.0f}/s | return {ret} | "
-        f"replay {m['replay_size']:,}/{m['replay_capacity']:,} | actors {m['actors']} | lag {m['weight_lag']}"
+        f"replay {m['replay_size']:,}/{m['replay_capacity']:,} | actors {m['actors']}"
+        + (f" ({m['attached']} attached)" if m.get("attached") else "")
+        + f" | lag {m['weight_lag']}"
         + (f" | bottleneck {m['bottleneck']}" if m.get("bottleneck") else "")
         + (f" | last move {m['last_decision']}" if m.get("last_decision") else "")
     )

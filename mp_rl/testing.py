@@ -212,3 +212,29 @@ class CrashOnceCartPole(HangOnceCartPole):
             open(marker, "w").close()
             raise RuntimeError("injected env failure")
         return self.inner.step(action)
+
+
+class CountingEnv(gym.Env):
+    """An episode that never ends, whose observation names the transition: (pid, env uid, step, 0).
+
+    Attach tests read the ring back and check, per (pid, env), that the steps form one unbroken run
+    with no repeats: no transition lost, duplicated or torn. Values stay exact in float32 (< 2**24).
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.uid = int.from_bytes(os.urandom(3), "little") % (1 << 20)
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([os.getpid(), self.uid, self.t, 0], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, False, False, {}

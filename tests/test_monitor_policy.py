@@ -148,3 +148,10 @@ def test_the_bottleneck_is_named_from_the_pipeline_first():
     assert p.classify(window(ram_headroom=0.05))["bottleneck"] == "ram"
     levels = p.classify(window(cpu_busy=0.75))["levels"]
     assert levels["cpu"] == "potential" and levels["gpu"] is None
+
+
+def test_memory_moves_keep_their_own_cooldown_beside_throughput_moves():
+    p = policy(cooldown=30.0)
+    both = moves(p.decide(window(ram_headroom=0.65, actor_blocked_frac=0.5), now=100.0))
+    assert both == [("capacity", 100_000, 200_000), ("batch_size", 64, 128)]
+    assert moves(p.decide(window(ram_headroom=0.65, actor_blocked_frac=0.5), now=110.0)) == []  # both cooling down

@@ -62,13 +62,17 @@ class Move:
     undo_of: int | None = None
 
 
+def _track(knob: str) -> str:
+    return "memory" if knob == "capacity" else "throughput"
+
+
 class Policy:
     """`decide(window, now)` returns decision records (dicts) and updates `knobs` for the moves it makes."""
 
     def __init__(self, knobs: dict[str, Knob], cooldown_s: float, settle_s: float, t: Thresholds | None = None):
         self.knobs, self.cooldown, self.settle, self.t = knobs, cooldown_s, settle_s, t or Thresholds()
-        self.pending: Move | None = None
-        self.last_move_at = float("-inf")
+        self.pending: dict[str, Move] = {}  # track -> its last move, until judged
+        self.last_at = {"throughput": float("-inf"), "memory": float("-inf")}  # track -> time of its last move
         self.ids = itertools.count(1)
         self.declined: dict[str, str] = {}  # rule -> last reason logged, so a standing refusal is logged once
 
@@ -152,10 +156,13 @@ class Policy:
 
     # --- deciding ----------------------------------------------------------------------------
     def decide(self, w: dict, now: float) -> list[dict]:
-        """One round: judge the last move, then at most one new move; declined rules are logged once."""
+        """One round: judge settled moves, then at most one new move per track; refusals logged once.
+
+        Two tracks keep their own cooldown: throughput (actors, batch size: judged by env steps/s,
+        one move at a time) and memory (capacity: a safety knob, not judged by throughput, so RAM
+        moves neither wait for nor disturb the judging of the others)."""
         out = self._judge(w, now)
-        if out and out[-1]["kind"] == "move":  # an undo was this round's move
-            return out
+        undone = {r["knob"] for r in out if r["kind"] == "move"}  # an undo was that track's move
         cap = self._capacity_rule(w)
         urgent = cap is not None and cap[1] < 0 and w["ram_headroom"] < CAPACITY_SHRINK[0][0]
         candidates = [("capacity", *cap)] if cap else []
@@ -163,10 +170,14 @@ class Policy:
             candidates.append(("batch_size", *b, None))
         if a := self._actor_rule(w):
             candidates.append(("actors", *a, None))
+        moved = {_track(n) for n in undone}
         for name, rule, direction, factor in candidates:
+            track = _track(name)
+            if track in moved:
+                continue
             k = self.knobs[name]
             new = self._target(k, direction, factor)
-            since = now - self.last_move_at
+            since, pending = now - self.last_at[track], self.pending.get(track)
             if not k.auto:
                 reason = "fixed in the config"
             elif new == k.value:
@@ -177,21 +188,23 @@ class Policy:
                 reason = None if since >= min(self.cooldown, 1.0) else "cooldown"  # before the OOM killer acts
             elif since < self.cooldown:
                 reason = "cooldown"
-            elif self.pending is not None and not self.pending.judged:
+            elif pending is not None and not pending.judged:
                 reason = "the last move's effect is not measured yet"
             else:
                 reason = None
             if reason is None:
                 out.append(self._move(k, rule, direction, new, w, now))
-                break
-            out += self._declined(name, rule, direction, reason, k, w, now)
+                moved.add(track)
+            else:
+                out += self._declined(name, rule, direction, reason, k, w, now)
         return out
 
     def _move(self, k: Knob, rule: str, direction: int, new: int, w: dict, now: float, undo_of=None) -> dict:
         move = Move(next(self.ids), k.name, rule, k.value, new, now, w.get("env_steps_per_s", 0.0), undo_of=undo_of)
         k.value, k.last_dir = new, direction
-        self.pending, self.last_move_at = move, now
-        self.declined.clear()
+        track = _track(k.name)
+        self.pending[track], self.last_at[track] = move, now
+        self.declined = {key: r for key, r in self.declined.items() if _track(key[:-2]) != track}
         return {"kind": "move", "id": move.id, "time": round(now, 3), "knob": k.name, "rule": rule,
                 "old": move.old, "new": new, "undo_of": undo_of, **self.classify(w), "snapshot": w}  # fmt: skip
 
@@ -205,8 +218,10 @@ class Policy:
 
     def _judge(self, w: dict, now: float) -> list[dict]:
         """The measured effect of the pending move, once it has settled; undo it if it made things worse."""
-        m = self.pending
-        if m is None or m.judged or now - m.time < self.settle:
+        return [r for m in list(self.pending.values()) for r in self._judge_one(m, w, now)]
+
+    def _judge_one(self, m: Move, w: dict, now: float) -> list[dict]:
+        if m.judged or now - m.time < self.settle:
             return []
         m.judged = True
         after = w.get("env_steps_per_s", 0.0)

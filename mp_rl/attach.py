@@ -1,0 +1,152 @@
+"""Attach actors by hand to a live run: `python -m mp_rl.attach runs/<id> [--actors N] [--cpus 8-15]
+[--envs-per-actor K]`.
+
+The run folder is all it needs (manifest -> segment names). Each attached actor claims a member slot
+atomically, explores with the Ape-X epsilon of its slot, picks up the current weights and writes to
+the ring; it is titled `mp_rl[<run>] actor-<slot> (attached)`. Ctrl-C detaches: each actor finishes
+its partial block (or the supervisor voids it), releases its slot and exits 0. When the run ends the
+actors exit on their own. Bad input (no such run, an ended one, another user's, no free slot, CPUs
+that are not there) is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mp_rl.config import ConfigError, load_config
+from mp_rl.shm.control import ATTACHED, Kind, State
+from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def parse_cpus(text: str) -> list[int]:
+    """`8-15,20` -> [8, ..., 15, 20].
+
+    >>> parse_cpus("0-2,5")
+    [0, 1, 2, 5]
+    """
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"--cpus {text!r}: expected a list like 8-15,20")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return sorted(set(cpus))
+
+
+def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | None, parent_pid: int) -> None:
+    """One attached actor: claim a slot, act until detached (SIGINT) or the run ends, leave."""
+    import torch
+    from setproctitle import setproctitle
+
+    from mp_rl.actor import Actor
+    from mp_rl.procs import _spec, child_setup, title
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until there is a slot to retire
+    run_dir_p = Path(run_dir)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    shared = SharedRun.attach(run_dir)
+    manifest = read_manifest(run_dir)
+    try:
+        slot = shared.control.claim(Kind.ACTOR, flags=ATTACHED)
+    except RuntimeError as exc:
+        print(f"mp_rl.attach: run {shared.run_id}: {exc}", file=sys.stderr)
+        shared.close()
+        raise SystemExit(EXIT_USAGE) from None
+    member = f"actor-{slot} (attached)"
+    log = child_setup(run_dir_p, shared.run_id, member, parent_pid)
+    setproctitle(title(shared.run_id, member))
+    control = shared.control
+    control.members[slot, 7] = slot  # M_INDEX: its place in the Ape-X schedule is its slot
+    signal.signal(signal.SIGINT, lambda *_: control.retire(slot))  # Ctrl-C: finish the block, leave
+    signal.signal(signal.SIGTERM, lambda *_: control.retire(slot))
+    try:
+        cfg = load_config(shared.info["config"], overrides)
+        torch.set_num_threads(cfg.actors.torch_threads)
+        seed = cfg.run.seed + 10_007 * (slot + 1) + os.getpid()
+        actor = Actor(cfg, shared, _spec(shared), slot, index=slot, count=control.max_members, seed=seed)
+        log.info("attached in slot %d, epsilon %.4f, cpus %s", slot, actor.epsilon, cpus or "any")
+        actor.run(run_alive=lambda: owner_alive(manifest))
+        actor.close()
+        log.info("detached after %d env steps (%s)", actor.steps, "run ended" if control.stopping else "asked")
+    finally:
+        if control.state(slot) != State.FREE:
+            shared.ring.void_member(slot + 1)  # a block it could not finish is never stamped
+            control.leave(slot)
+        shared.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="mp_rl.attach", description="Attach extra actors to a live mp_rl run.")
+    p.add_argument("run_dir", help="the run folder (runs/<id>)")
+    p.add_argument("--actors", type=int, default=1, help="actors to attach (default 1)")
+    p.add_argument("--cpus", help="CPUs to pin them to, e.g. 8-15 (one each while there are enough)")
+    p.add_argument("--envs-per-actor", type=int, help="environments per attached actor (default: the run's)")
+    args = p.parse_args(argv)
+    try:
+        if args.actors < 1:
+            raise ValueError(f"--actors {args.actors}: must be at least 1")
+        cpus = parse_cpus(args.cpus) if args.cpus else None
+        usable = os.sched_getaffinity(0)
+        if cpus and not set(cpus) <= usable:
+            missing = sorted(set(cpus) - usable)
+            raise ValueError(f"--cpus {args.cpus}: CPU(s) {missing} are not available here (usable: {sorted(usable)})")
+        overrides = [] if args.envs_per_actor is None else [f"env.envs_per_actor={args.envs_per_actor}"]
+        with SharedRun.attach(args.run_dir) as shared:
+            load_config(shared.info["config"], overrides)
+            free = int((shared.control.members[:, 0] == State.FREE).sum())
+            run_id = shared.run_id
+        if free < args.actors:
+            raise ValueError(f"run {run_id}: {'all' if free == 0 else f'only {free} of the'} "
+                             f"{shared.control.max_members} member slots are free, {args.actors} asked")  # fmt: skip
+    except (ValueError, AttachError, ConfigError) as exc:
+        print(f"mp_rl.attach: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_attached(args.run_dir, run_id, args.actors, cpus, overrides)
+
+
+def run_attached(run_dir: str, run_id: str, n: int, cpus: list[int] | None, overrides: list[str]) -> int:
+    """Start the actors; on Ctrl-C they detach themselves (each got the SIGINT); wait for them."""
+    from setproctitle import setproctitle
+
+    from mp_rl.procs import title
+
+    setproctitle(title(run_id, "attach"))
+    ctx, me = mp.get_context("spawn"), os.getpid()
+    mine = [None] * n if not cpus else [[cpus[i]] if len(cpus) >= n else cpus for i in range(n)]
+    procs = [ctx.Process(target=attached_actor_main, args=(run_dir, overrides, c, me)) for c in mine]
+    # Ctrl-C in a terminal reaches the children too; a SIGINT/SIGTERM sent to this process alone is
+    # passed on. Either way each child retires itself (an idempotent CAS), and this one waits.
+    def forward(signum, _frame) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for proc in procs:
+        proc.start()
+    print(f"mp_rl.attach: {n} actor(s) joining run {run_id}; Ctrl-C detaches them", flush=True)
+    while any(proc.is_alive() for proc in procs):
+        for proc in procs:
+            proc.join(0.2)
+    codes = [proc.exitcode for proc in procs]
+    print(f"mp_rl.attach: detached (exit codes {codes})", flush=True)
+    return 0 if all(c == 0 for c in codes) else (EXIT_USAGE if EXIT_USAGE in codes else 1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

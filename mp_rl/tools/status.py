@@ -1,0 +1,155 @@
+"""`python -m mp_rl.tools.status runs/<id> [--json] [--interval 1] [--count N]`: a live view of a running system.
+
+Members (kind, pid, CPU %, steps/s, heartbeat age, attached or not), the ring (fill, capacity,
+inserts/s, samples/s), the learner (updates/s, batch size), weight lag, the monitor's bottleneck and
+its last decisions. Refreshes in place on a terminal (rich); one JSON line per tick with `--json`;
+plain text when not a TTY. It only reads the shared segments and the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
+
+
+class View:
+    """Rates from two looks at the shared counters; per-member CPU from psutil."""
+
+    def __init__(self, shared: SharedRun, run_dir: Path):
+        self.shared, self.run_dir = shared, Path(run_dir)
+        self.procs: dict[int, psutil.Process] = {}
+        self.last: tuple[float, dict, dict[int, int]] | None = None
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            if pid not in self.procs:
+                self.procs[pid] = psutil.Process(pid)
+                self.procs[pid].cpu_percent(None)
+                return None
+            return round(self.procs[pid].cpu_percent(None), 1)
+        except psutil.Error:
+            return None
+
+    def tick(self) -> dict:
+        control, ring, now = self.shared.control, self.shared.ring, time.monotonic()
+        counts = {**control.counters(), **ring.counts()}
+        members = control.live_members()
+        steps = {m["slot"]: m["steps"] for m in members}
+        dt = now - self.last[0] if self.last else 0.0
+        rate = {k: (counts[k] - self.last[1][k]) / dt if dt else None for k in ("env_steps", "inserts", "samples",
+                                                                                 "updates")}  # fmt: skip
+        version = self.shared.board.version
+        for m in members:
+            m["cpu_percent"] = self._cpu(m["pid"]) if m["pid"] else None
+            before = self.last[2].get(m["slot"]) if self.last else None
+            m["steps_per_s"] = round((m["steps"] - before) / dt, 1) if dt and before is not None else None
+            m["weight_lag"] = version - m["weights"] if m["kind"] == "actor" else None
+            m["heartbeat_age_s"] = round(m["heartbeat_age_s"], 2)
+        self.last = (now, counts, steps)
+        snap = control.read_snapshot() or {}
+        actors = [m for m in members if m["kind"] == "actor"]
+        return {
+            "time": round(time.time(), 3), "run_id": self.shared.run_id, "members": members,
+            "replay": {"size": ring.size(), "capacity": ring.capacity, "inserts_per_s": _r(rate["inserts"]),
+                       "samples_per_s": _r(rate["samples"]), "voided": counts["voided"]},
+            "env_steps": counts["env_steps"], "env_steps_per_s": _r(rate["env_steps"]),
+            "learner": {"updates": counts["updates"], "updates_per_s": _r(rate["updates"]),
+                        "batch_size": control.target("batch_size")},
+            "weight_version": version, "weight_lag": max((m["weight_lag"] for m in actors), default=0),
+            "bottleneck": snap.get("bottleneck"), "decisions": self.decisions(3),
+        }  # fmt: skip
+
+    def decisions(self, n: int) -> list[dict]:
+        path = self.run_dir / "decisions.jsonl"
+        if not path.exists():
+            return []
+        moves = [d for d in map(json.loads, path.read_text().splitlines()[-200:]) if d["kind"] == "move"]
+        return [{k: d[k] for k in ("time", "knob", "old", "new", "rule")} for d in moves[-n:]]
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def render(s: dict):
+    from rich.console import Group
+    from rich.table import Table
+
+    t = Table(title=f"mp_rl run {s['run_id']}", expand=False)
+    for col in ("slot", "member", "pid", "cpu %", "steps/s", "heartbeat", "lag", "state"):
+        t.add_column(col, justify="right" if col not in ("member", "state") else "left")
+    for m in s["members"]:
+        name = m["kind"] + (" (attached)" if m["attached"] else "")
+        t.add_row(str(m["slot"]), name, str(m["pid"]), _f(m["cpu_percent"]), _f(m["steps_per_s"]),
+                  f"{m['heartbeat_age_s']:.1f}s", _f(m["weight_lag"]), m["state"])  # fmt: skip
+    return Group(t, text_lines(s))
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{x:,.0f}" if isinstance(x, float) else str(x)
+
+
+def text_lines(s: dict) -> str:
+    r, lr = s["replay"], s["learner"]
+    lines = [
+        f"env steps {s['env_steps']:,} ({_f(s['env_steps_per_s'])}/s) | replay {r['size']:,}/{r['capacity']:,}, "
+        f"{_f(r['inserts_per_s'])} inserts/s, {_f(r['samples_per_s'])} samples/s | learner {_f(lr['updates_per_s'])} "
+        f"updates/s, batch {lr['batch_size']} | weights v{s['weight_version']}, lag {s['weight_lag']}",
+        f"bottleneck: {s['bottleneck'] or '— (monitor off or not ready)'}",
+        *(f"move t={d['time']:.0f}s {d['knob']} {d['old']:,}->{d['new']:,}: {d['rule']}" for d in s["decisions"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mp_rl.tools.status", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--json", action="store_true", help="one JSON line per tick")
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--count", type=int, default=0, help="stop after N ticks (0: until the run ends)")
+    args = ap.parse_args(argv)
+    try:
+        shared = SharedRun.attach(args.run_dir)
+        manifest = read_manifest(args.run_dir)
+    except AttachError as exc:
+        print(f"mp_rl.tools.status: {exc}", file=sys.stderr)
+        return 2
+    live = None
+    if sys.stdout.isatty() and not args.json:
+        from rich.live import Live
+
+        live = Live(refresh_per_second=4)
+        live.start()
+    view, ticks = View(shared, Path(args.run_dir)), 0
+    try:
+        view.tick()  # the reference point for rates
+        while owner_alive(manifest) and (not args.count or ticks < args.count):
+            time.sleep(args.interval)
+            s = view.tick()
+            ticks += 1
+            if args.json:
+                print(json.dumps(s), flush=True)
+            elif live is not None:
+                live.update(render(s))
+            else:
+                print(text_lines(s), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+        shared.close()
+    if not owner_alive(manifest):
+        print(f"mp_rl.tools.status: run {manifest['run_id']} has ended", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
