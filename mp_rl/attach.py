@@ -128,6 +128,7 @@ def run_attached(run_dir: str, run_id: str, n: int, cpus: list[int] | None, over
     ctx, me = mp.get_context("spawn"), os.getpid()
     mine = [None] * n if not cpus else [[cpus[i]] if len(cpus) >= n else cpus for i in range(n)]
     procs = [ctx.Process(target=attached_actor_main, args=(run_dir, overrides, c, me)) for c in mine]
+
     # Ctrl-C in a terminal reaches the children too; a SIGINT/SIGTERM sent to this process alone is
     # passed on. Either way each child retires itself (an idempotent CAS), and this one waits.
     def forward(signum, _frame) -> None:

@@ -153,6 +153,10 @@ class LoggingConfig(_Section):
     status_every_s: float = Field(5.0, gt=0, description="Seconds between status lines.")
     checkpoint_every: int = Field(10_000, ge=1, description="Updates between checkpoints.")
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
+    torch_profile: bool = Field(False, description="Profile the learner with torch.profiler (into <run>/profile).")
+    torch_profile_schedule: tuple[int, int, int] = Field(
+        (100, 20, 50), description="torch.profiler window in updates: wait, warmup, active (then it stops)."
+    )
 
 
 class Config(_Section):

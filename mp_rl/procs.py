@@ -25,6 +25,7 @@ from setproctitle import setproctitle
 from mp_rl import resources
 from mp_rl.config import Config
 from mp_rl.envs import EnvSpec
+from mp_rl.profiling import LearnerProfiler
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
 
@@ -130,16 +131,22 @@ def monitor_main(run_dir: str, cfg_json: dict, slot: int, parent_pid: int | None
 
 def run_learner(learner, folder: Path, slot: int, log: logging.Logger) -> None:
     """Train until stop; periodic checkpoints (two kept), then `final.pt`."""
-    control, every = learner.shared.control, learner.cfg.logging.checkpoint_every
+    control, lc = learner.shared.control, learner.cfg.logging
+    prof = LearnerProfiler(lc.torch_profile, folder.parent / "profile", lc.torch_profile_schedule,
+                           cuda=learner.device.type == "cuda")  # fmt: skip
     beat = 0.0
     while not control.stopping:
-        if learner.step(timeout=0.25) and learner.updates % every == 0:
+        trained = learner.step(timeout=0.25)
+        if trained:
+            prof.step()
+        if trained and learner.updates % lc.checkpoint_every == 0:
             learner.save(folder / f"update-{learner.updates:09d}.pt")
             for old in sorted(folder.glob("update-*.pt"))[:-2]:
                 old.unlink(missing_ok=True)
         if time.monotonic() - beat > 0.5:
             control.heartbeat(slot, steps=learner.updates, weights=learner.shared.board.version)
             beat = time.monotonic()
+    prof.close()
     learner.close()
     learner.save(folder / "final.pt")
     log.info("final checkpoint at update %d", learner.updates)

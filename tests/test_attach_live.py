@@ -144,3 +144,36 @@ def test_bad_attach_input_is_one_line_and_exit_2(tmp_path, live, args, needle):
     proc = attach(target, *args)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_attaching_to_an_ended_run_or_past_the_free_slots_is_one_line_and_exit_2(live):
+    run = live(*RUN)
+    run.wait_members({"learner", "actor-0"})
+    proc = attach(run.run_dir, "--actors", "1000")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "member slots are free, 1000 asked" in err, err
+    rc, _, _ = run.stop(timeout=30)
+    assert rc == 0
+    proc = attach(run.run_dir)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "has ended" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_inspect_reads_a_live_ring_without_touching_it(live):
+    run = live(*RUN)
+    wait_for(lambda: run.metrics() and run.metrics()[-1]["replay_size"] > 1000, 60, "rows in the ring")
+    cmd = [sys.executable, "-m", "mp_rl.tools.inspect", str(run.run_dir), "--json", "--rows", "3"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout)
+    assert s["rows_read"] > 1000 and len(s["rows"]) == 3 and set(s["actions"]) <= {0, 1}
+    assert s["reward"]["min"] == pytest.approx(1 + 0.99 + 0.99**2, rel=1e-4)  # CountingEnv: 3-step returns of 1
+    assert s["terminal_share"] == 0.0  # its episodes never end
+    assert (
+        s["rows"][0]["obs"]["head"][2] > s["rows"][-1]["obs"]["head"][2] or s["rows"][0]["seq"] > s["rows"][-1]["seq"]
+    )
+    text = subprocess.run([sys.executable, "-m", "mp_rl.tools.inspect", str(run.run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    assert "replay" in text and "newest rows:" in text
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err

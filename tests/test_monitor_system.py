@@ -4,6 +4,7 @@ under RAM pressure (and the memory really goes), writes every move to decisions.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -69,5 +70,36 @@ def test_ram_pressure_shrinks_the_replay_and_its_memory_really_goes(live, tmp_pa
     assert all(m["new"] < m["old"] and "ram headroom" in m["rule"] for m in shrinks)
     released = (65536 - 16384) * 56 // 1024  # rows x bytes per CartPole row (with its stamp), in KiB
     wait_for(lambda: full - rss_shmem_kib(actor.pid) >= 0.7 * released, 30, "resident ring pages released")
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
+
+
+def test_the_supervisor_follows_the_targets_adding_and_retiring_actors_and_resizing_the_batch(live):
+    run = live(*LONG, "learner.batch_size=auto", "learner.initial_batch_size=32")  # monitor off: the test
+    # writes the targets the monitor would
+    run.wait_members({"learner", "actor-0"})
+    with SharedRun.attach(run.run_dir) as shared:
+        control = shared.control
+        control.set_target("actors", 2)
+        second = run.wait_members({"actor-1"})["actor-1"]
+        slot = wait_for(lambda: [m["slot"] for m in control.live_members() if m["index"] == 1 and m["steps"]], 60,
+                        "actor-1 stepping")[0]  # fmt: skip
+        control.set_target("actors", 1)
+        assert second.wait(timeout=30) == 0, "a retired actor exits 0"
+        wait_for(lambda: control.state(slot).name == "FREE", 10, "its slot released")
+        assert not (shared.ring.leases == slot + 1).any(), "nothing half-written stays reserved"
+        assert "actor 1 retired" in (run.run_dir / "logs" / "actor-1.log").read_text()
+        assert set(run.members()) >= {"actor-0", "learner"} and "actor-1" not in run.members()
+
+        def per_update(window: float = 2.0) -> float:
+            a = (shared.ring.counts()["samples"], control.counters()["updates"])
+            time.sleep(window)
+            b = (shared.ring.counts()["samples"], control.counters()["updates"])
+            return (b[0] - a[0]) / max(1, b[1] - a[1])
+
+        assert per_update() == pytest.approx(32, rel=0.05)
+        control.set_target("batch_size", 48)  # within max_batch_size 64: the prefetch buffers hold it
+        time.sleep(0.5)  # the batch already prefetched was sampled at the old size
+        assert per_update() == pytest.approx(48, rel=0.05)
     rc, _, err = run.stop(timeout=30)
     assert rc == 0, err
