@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.tools.status import View
@@ -81,15 +82,36 @@ def finish_pyspy(proc: subprocess.Popen | None, note: str, out: Path) -> str:
     return f"py-spy could not record: {why[0]}{hint if denied else ''}"
 
 
-def pyspy_shares(svg: Path) -> dict[str, float]:
-    """Share of samples per process, from the root frames of py-spy's --subprocesses flame graph."""
+def wait_titled(run_id: str, members: set[str], timeout: float = 60) -> None:
+    """py-spy names a process by the command line it sees when it finds it: start it once the
+    members have set their titles, so the flame graph says `... learner`, not `python -B -c ...`."""
+    prefix, deadline = f"mp_rl[{run_id}] ", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = set()
+        for p in psutil.process_iter():
+            try:
+                cmd = " ".join(p.cmdline()).strip()
+            except psutil.Error:
+                continue
+            if cmd.startswith(prefix):
+                seen.add(cmd[len(prefix) :])
+        if members <= seen:
+            return
+        time.sleep(0.1)
+
+
+def pyspy_shares(svg: Path, names: dict[int, str]) -> dict[str, float]:
+    """Share of all samples per process (%), from the root frames of py-spy's --subprocesses graph."""
     if not svg.exists():
         return {}
-    shares = {}
-    for name, pct in re.findall(r"<title>process \d+:&quot;(.*?)&quot; \([\d,]+ samples?, ([\d.]+)%\)</title>",
-                                svg.read_text()):  # fmt: skip
-        shares[name.strip()] = shares.get(name.strip(), 0.0) + float(pct)
-    return shares
+    shares: dict[str, float] = {}
+    pattern = r"<title>process (\d+):&quot;(.*?)(?:&quot;)? \([\d,]+ samples?, ([\d.]+)%\)</title>"
+    for pid, title, pct in re.findall(pattern, svg.read_text()):
+        name = names.get(int(pid), title.split("] ")[-1].strip())
+        if name == "supervisor" or "supervisor" in title:  # the root holds its children: count its own part
+            continue
+        shares[name] = shares.get(name, 0.0) + float(pct)
+    return {n: round(v, 1) for n, v in shares.items()}
 
 
 def sample(run_dir: Path, proc: subprocess.Popen, tick: float) -> tuple[list[dict], dict, dict]:
@@ -208,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("flamegraph.svg", "report.md", "timeline.json", "throughput.png"):
         (out / stale).unlink(missing_ok=True)
     proc, run_dir = start_run(args, out)
-    spy, note = start_pyspy(proc.pid, args.seconds + 5, out) if args.py_spy else (None, "")
+    spy, note = None, ""
+    if args.py_spy:
+        wait_titled(run_dir.name, {"learner", "actor-0"})
+        spy, note = start_pyspy(proc.pid, args.seconds + 5, out)
     timeline, first, last = sample(run_dir, proc, args.tick)
     proc.wait(timeout=120)
     notes = [finish_pyspy(spy, note, out) if args.py_spy else ""]
@@ -217,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "timeline.json").write_text(json.dumps({"config": args.config, "run_dir": str(run_dir),
                                                    "timeline": timeline}) + "\n")  # fmt: skip
     notes.append(plot(out / "throughput.png", timeline))
-    text = report(args, run_dir, timeline, first, last, pyspy_shares(out / "flamegraph.svg"), notes)
+    names = {m["pid"]: member_name(m) for x in timeline for m in x["members"]}
+    text = report(args, run_dir, timeline, first, last, pyspy_shares(out / "flamegraph.svg", names), notes)
     (out / "report.md").write_text(text)
     for n in notes:
         if n:

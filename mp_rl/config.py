@@ -130,6 +130,9 @@ class LearnerConfig(_Section):
 class EvalConfig(_Section):
     episodes: int = Field(20, ge=1, le=1000, description="Greedy episodes per evaluation.")
     every_s: float = Field(20.0, gt=0, description="Seconds between evaluations (run in the supervisor).")
+    max_episode_steps: int = Field(
+        27_000, ge=1, description="Steps after which an evaluation episode is cut (envs without a time limit)."
+    )
 
 
 class MonitorConfig(_Section):

@@ -33,7 +33,8 @@ class Evaluator:
     def _evaluate(self) -> tuple[float, int]:
         with self.lock:
             version = self.shared.board.read_into(self.flat, 0)
-            returns = evaluate(self.policy, self.cfg.env, self.cfg.eval.episodes, seed=self.cfg.run.seed + 10_000)
+            ec = self.cfg.eval
+            returns = evaluate(self.policy, self.cfg.env, ec.episodes, self.cfg.run.seed + 10_000, ec.max_episode_steps)
             return float(np.mean(returns)), version
 
     def _run(self) -> None:

@@ -188,6 +188,7 @@ class Supervisor:
             if m.process.exitcode is None:
                 continue
             if m.retiring:  # asked to leave: it finished its block and released its slot
+                log.info("actor-%d retired (exit code %s)", m.index, m.process.exitcode)
                 self._retired(m)
                 continue
             if m.kind == "learner":
