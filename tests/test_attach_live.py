@@ -147,14 +147,18 @@ def test_bad_attach_input_is_one_line_and_exit_2(tmp_path, live, args, needle):
     assert proc.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_attaching_to_an_ended_run_or_past_the_free_slots_is_one_line_and_exit_2(live):
+def test_attached_actors_leave_with_the_run_and_cannot_join_an_ended_one_or_overfill_it(live):
     run = live(*RUN)
     run.wait_members({"learner", "actor-0"})
     proc = attach(run.run_dir, "--actors", "1000")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "member slots are free, 1000 asked" in err, err
+    staying = attach(run.run_dir)
+    wait_for(lambda: attached(run), 60, "an attached actor")
     rc, _, _ = run.stop(timeout=30)
     assert rc == 0
+    out, err = staying.communicate(timeout=30)  # nobody pressed Ctrl-C: the run's end is enough
+    assert staying.returncode == 0 and "detached" in out, err
     proc = attach(run.run_dir)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "has ended" in err and len(err.strip().splitlines()) == 1, err

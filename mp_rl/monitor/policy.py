@@ -74,7 +74,7 @@ class Policy:
         self.pending: dict[str, Move] = {}  # track -> its last move, until judged
         self.last_at = {"throughput": float("-inf"), "memory": float("-inf")}  # track -> time of its last move
         self.ids = itertools.count(1)
-        self.declined: dict[str, str] = {}  # rule -> last reason logged, so a standing refusal is logged once
+        self.declined: dict[str, str] = {}  # "knob+1" -> last reason logged: a standing refusal is logged once
 
     # --- classification ------------------------------------------------------------------
     def level(self, busy: float | None) -> str | None:
