@@ -39,6 +39,9 @@ class RunConfig(_Section):
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds (null: no limit).")
     target_return: float | None = Field(None, description="Stop once the greedy evaluation mean reaches this.")
     serial: bool = Field(False, description="Run actor, learner and monitor in one process (debugging, tests).")
+    pin_cpus: bool = Field(
+        False, description="Pin the learner to the last usable CPU and actor i to CPU i of the rest (wrapping)."
+    )
     stop_deadline_s: float = Field(5.0, gt=0, description="Seconds for children to stop before terminate, then kill.")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="A member silent this long is hung: killed, restarted.")
     max_restarts: int = Field(

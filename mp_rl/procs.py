@@ -79,12 +79,24 @@ def _spec(shared: SharedRun) -> EnvSpec:
     return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]))
 
 
+def pin(cfg_json: dict, actor_index: int | None) -> None:
+    """`run.pin_cpus`: the learner on the last usable CPU, actor i on CPU i of the others (wrapping),
+    so the scheduler does not move them across cores or stack two on one while another idles."""
+    if not cfg_json["run"].get("pin_cpus"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))[: resources.usable_cpus()]
+    if len(cpus) < 2:
+        return
+    os.sched_setaffinity(0, {cpus[-1]} if actor_index is None else {cpus[actor_index % (len(cpus) - 1)]})
+
+
 def actor_main(
     run_dir: str, cfg_json: dict, slot: int, index: int, count: int, seed: int, parent_pid: int | None
 ) -> None:
     from mp_rl.actor import Actor
 
     log = child_setup(Path(run_dir), Path(run_dir).name, f"actor-{index}", parent_pid)
+    pin(cfg_json, index)
     torch.set_num_threads(cfg_json["actors"]["torch_threads"])  # N actors must not oversubscribe the cores
     with member_of(run_dir, slot, log) as shared:
         actor = Actor(Config.model_validate(cfg_json), shared, _spec(shared), slot, index, count, seed)
@@ -106,6 +118,7 @@ def learner_main(
     log = child_setup(run_dir_p, run_dir_p.name, "learner", parent_pid)
     cfg = Config.model_validate(cfg_json)
     # The CPUs the actors leave: more intra-op threads would only steal from them.
+    pin(cfg_json, None)
     torch.set_num_threads(max(1, resources.usable_cpus() - actors))
     with member_of(run_dir, slot, log) as shared:
         learner = Learner(cfg, shared, _spec(shared), seed=cfg.run.seed)

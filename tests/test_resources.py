@@ -70,3 +70,30 @@ def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_
         learner.close()
     finally:
         shared.close()
+
+
+def _pinned_affinity(cfg_json: dict, index: int | None, out) -> None:
+    from mp_rl.procs import pin
+
+    pin(cfg_json, index)
+    out.put(sorted(os.sched_getaffinity(0)))
+
+
+@pytest.mark.skipif(resources.usable_cpus() < 2, reason="pinning needs two usable CPUs")
+def test_pinning_puts_the_learner_and_the_actors_on_different_cpus(spawn):
+    cpus = sorted(os.sched_getaffinity(0))[: resources.usable_cpus()]
+    cfg_json = load_config("configs/smoke.yaml", ["run.pin_cpus=true"]).model_dump(mode="json")
+    got = {}
+    for who in (None, 0, len(cpus) - 1):  # the learner, the first actor, an actor that wraps around
+        q = spawn.Queue()
+        p = spawn.Process(target=_pinned_affinity, args=(cfg_json, who, q))
+        p.start()
+        got[who] = q.get(timeout=30)
+        p.join(10)
+    assert got[None] == [cpus[-1]] and got[0] == [cpus[0]] and got[len(cpus) - 1] == [cpus[0]]
+    off = load_config("configs/smoke.yaml").model_dump(mode="json")
+    q = spawn.Queue()
+    p = spawn.Process(target=_pinned_affinity, args=(off, 0, q))
+    p.start()
+    assert q.get(timeout=30) == sorted(os.sched_getaffinity(0)), "off by default"
+    p.join(10)
