@@ -52,7 +52,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
     from setproctitle import setproctitle
 
     from mp_rl.actor import Actor
-    from mp_rl.procs import _spec, child_setup, title
+    from mp_rl.procs import child_setup, env_spec_of, title
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until there is a slot to retire
     run_dir_p = Path(run_dir)
@@ -77,7 +77,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
         cfg = load_config(shared.info["config"], overrides)
         torch.set_num_threads(cfg.actors.torch_threads)
         seed = cfg.run.seed + 10_007 * (slot + 1) + os.getpid()
-        actor = Actor(cfg, shared, _spec(shared), slot, index=slot, count=control.max_members, seed=seed)
+        actor = Actor(cfg, shared, env_spec_of(shared), slot, index=slot, count=control.max_members, seed=seed)
         log.info("attached in slot %d, epsilon %.4f, cpus %s", slot, actor.epsilon, cpus or "any")
         actor.run(run_alive=lambda: owner_alive(manifest))
         actor.close()

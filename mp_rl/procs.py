@@ -74,7 +74,8 @@ def member_of(run_dir: str, slot: int, log: logging.Logger) -> Iterator[SharedRu
         shared.close()
 
 
-def _spec(shared: SharedRun) -> EnvSpec:
+def env_spec_of(shared: SharedRun) -> EnvSpec:
+    """The env spec the supervisor recorded in the manifest (members never probe the env again)."""
     e = shared.info["env"]
     return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]))
 
@@ -99,7 +100,7 @@ def actor_main(
     pin(cfg_json, index)
     torch.set_num_threads(cfg_json["actors"]["torch_threads"])  # N actors must not oversubscribe the cores
     with member_of(run_dir, slot, log) as shared:
-        actor = Actor(Config.model_validate(cfg_json), shared, _spec(shared), slot, index, count, seed)
+        actor = Actor(Config.model_validate(cfg_json), shared, env_spec_of(shared), slot, index, count, seed)
         log.info("actor %d (slot %d) epsilon %.4f", index, slot, actor.epsilon)
         actor.run()
         actor.close()
@@ -121,7 +122,7 @@ def learner_main(
     pin(cfg_json, None)
     torch.set_num_threads(max(1, resources.usable_cpus() - actors))
     with member_of(run_dir, slot, log) as shared:
-        learner = Learner(cfg, shared, _spec(shared), seed=cfg.run.seed)
+        learner = Learner(cfg, shared, env_spec_of(shared), seed=cfg.run.seed)
         if resume:
             learner.restore(checkpoint.load(Path(resume)))
             log.info("resumed from %s at update %d", resume, learner.updates)
