@@ -48,13 +48,16 @@ def parse_cpus(text: str) -> list[int]:
 
 def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | None, parent_pid: int) -> None:
     """One attached actor: claim a slot, act until detached (SIGINT) or the run ends, leave."""
-    import torch
-    from setproctitle import setproctitle
+    # A Ctrl-C that comes before there is a slot to retire is remembered, never dropped: an ignored
+    # one would leave this actor running after its terminal asked it to go.
+    asked: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: asked.append(signum))
+    import torch  # after the handlers: a Ctrl-C during these imports is remembered too
 
     from mp_rl.actor import Actor
-    from mp_rl.procs import child_setup, env_spec_of, title
+    from mp_rl.procs import child_setup, env_spec_of
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until there is a slot to retire
     run_dir_p = Path(run_dir)
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -67,12 +70,13 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
         shared.close()
         raise SystemExit(EXIT_USAGE) from None
     member = f"actor-{slot} (attached)"
-    log = child_setup(run_dir_p, shared.run_id, member, parent_pid)
-    setproctitle(title(shared.run_id, member))
+    log = child_setup(run_dir_p, shared.run_id, member, parent_pid, ignore_sigint=False)
     control = shared.control
     control.members[slot, 7] = slot  # M_INDEX: its place in the Ape-X schedule is its slot
-    signal.signal(signal.SIGINT, lambda *_: control.retire(slot))  # Ctrl-C: finish the block, leave
-    signal.signal(signal.SIGTERM, lambda *_: control.retire(slot))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C: finish the block, leave
+        signal.signal(sig, lambda *_: control.retire(slot))
+    if asked:  # it came while we were claiming
+        control.retire(slot)
     try:
         cfg = load_config(shared.info["config"], overrides)
         torch.set_num_threads(cfg.actors.torch_threads)

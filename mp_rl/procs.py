@@ -44,9 +44,12 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def child_setup(run_dir: Path, run_id: str, member: str, parent_pid: int | None) -> logging.Logger:
+def child_setup(
+    run_dir: Path, run_id: str, member: str, parent_pid: int | None, ignore_sigint: bool = True
+) -> logging.Logger:
     setproctitle(title(run_id, member))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_sigint:  # the supervisor's children: only the supervisor acts on Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     log = logging.getLogger(f"mp_rl.{member}")
