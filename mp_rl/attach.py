@@ -87,6 +87,10 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
         actor.close()
         log.info("detached after %d env steps (%s)", actor.steps, "run ended" if control.stopping else "asked")
     finally:
+        # A late Ctrl-C (the parent forwards one too) must not touch the control block once it is
+        # unmapped: its address may be reused by then, and a CAS there would corrupt memory.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if control.state(slot) != State.FREE:
             shared.ring.void_member(slot + 1)  # a block it could not finish is never stamped
             control.leave(slot)
