@@ -32,7 +32,7 @@ import numpy as np
 import psutil
 
 from mp_rl.shm.manifest import AttachError, SharedRun
-from mp_rl.tools.status import View
+from mp_rl.tools.status import View, member_name
 
 PYSPY_RATE = 50
 
@@ -135,12 +135,6 @@ def sample(run_dir: Path, proc: subprocess.Popen, tick: float) -> tuple[list[dic
                              "updates_per_s": s["learner"]["updates_per_s"], "bottleneck": s["bottleneck"],
                              "members": [{k: m[k] for k in keep} for m in s["members"]]})  # fmt: skip
     return timeline, first, last
-
-
-def member_name(m: dict) -> str:
-    if m["kind"] == "actor":
-        return f"actor-{m['index']}" + (" (attached)" if m["attached"] else "")
-    return m["kind"]
 
 
 def plot(path: Path, timeline: list[dict]) -> str:

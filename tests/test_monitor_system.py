@@ -103,7 +103,8 @@ def test_the_supervisor_follows_the_targets_adding_and_retiring_actors_and_resiz
 
         assert per_update() == pytest.approx(32, rel=0.05)
         control.set_target("batch_size", 48)  # within max_batch_size 64: the prefetch buffers hold it
-        time.sleep(0.5)  # the batch already prefetched was sampled at the old size
+        done = control.counters()["updates"] + 4  # the batches already prefetched were sampled at the old size
+        wait_for(lambda: control.counters()["updates"] >= done, 30, "the prefetched batches used up")
         assert per_update() == pytest.approx(48, rel=0.05)
     rc, _, err = run.stop(timeout=30)
     assert rc == 0, err

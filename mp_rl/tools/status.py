@@ -86,12 +86,13 @@ def render(s: dict):
     for col in ("slot", "member", "pid", "cpu %", "steps/s", "heartbeat", "lag", "state"):
         t.add_column(col, justify="right" if col not in ("member", "state") else "left")
     for m in s["members"]:
-        t.add_row(str(m["slot"]), _name(m), str(m["pid"]), _f(m["cpu_percent"]), _f(m["steps_per_s"]),
+        t.add_row(str(m["slot"]), member_name(m), str(m["pid"]), _f(m["cpu_percent"]), _f(m["steps_per_s"]),
                   f"{m['heartbeat_age_s']:.1f}s", _f(m["weight_lag"]), m["state"])  # fmt: skip
     return Group(t, text_lines(s))
 
 
-def _name(m: dict) -> str:
+def member_name(m: dict) -> str:
+    """`actor-0`, `actor-5 (attached)`, `learner`, `monitor`: as the process titles say."""
     if m["kind"] == "actor":
         return f"actor-{m['index']}" + (" (attached)" if m["attached"] else "")
     return m["kind"]
@@ -108,7 +109,7 @@ def text_lines(s: dict) -> str:
         f"{_f(r['inserts_per_s'])} inserts/s, {_f(r['samples_per_s'])} samples/s | learner {_f(lr['updates_per_s'])} "
         f"updates/s, batch {lr['batch_size']} | weights v{s['weight_version']}, lag {s['weight_lag']}",
         *(
-            f"  slot {m['slot']:>2} {_name(m):<20} pid {m['pid']:>7}  cpu {_f(m['cpu_percent']):>4}%  "
+            f"  slot {m['slot']:>2} {member_name(m):<20} pid {m['pid']:>7}  cpu {_f(m['cpu_percent']):>4}%  "
             f"{_f(m['steps_per_s']):>7} {'updates' if m['kind'] == 'learner' else 'steps'}/s  "
             f"heartbeat {m['heartbeat_age_s']:.1f}s  lag {_f(m['weight_lag'])}  {m['state']}"
             for m in s["members"]
