@@ -42,7 +42,10 @@ class Actor:
         self.policy = build_q_network(spec.obs_shape, spec.n_actions, cfg.learner.hidden, cfg.learner.dueling)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
-        self.builder = NStepBuilder(self.num_envs, spec.obs_shape, spec.obs_dtype, cfg.replay.n_step, cfg.replay.gamma)
+        chunk = NStepBuilder.chunk_for(self.num_envs, spec.obs_shape, spec.obs_dtype)
+        self.builder = NStepBuilder(
+            self.num_envs, spec.obs_shape, spec.obs_dtype, cfg.replay.n_step, cfg.replay.gamma, chunk=chunk
+        )
         self.writer = shared.ring.writer(token=slot + 1)
         block = shared.ring.spec.block
         room = block  # only a partial block is ever staged
@@ -102,14 +105,15 @@ class Actor:
 
     def _write(self, block: dict[str, np.ndarray]) -> None:
         """One block into the ring, waiting (and counting the wait) while the rate limiter says no."""
+        if self.writer.write(block, timeout=0.0):
+            return  # the common case: no wait, nothing to count
         t0 = time.monotonic_ns()
         while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25):
             if self.shared.control.stopping:
                 raise RingClosed("stopping")
             if self.on_blocked is not None:  # serial mode: let the learner catch up instead of waiting
                 self.on_blocked()
-        if time.monotonic_ns() - t0 > 50_000:  # only a real wait is worth an atomic add
-            self.shared.control.add("actor_blocked_ns", time.monotonic_ns() - t0)
+        self.shared.control.add("actor_blocked_ns", time.monotonic_ns() - t0)
 
     def finish(self) -> None:
         """A retiring actor completes what it has: the known rows of the open chunk, the partial block."""

@@ -35,19 +35,25 @@ def reference_rows(steps, n: int, gamma: float, num_envs: int) -> dict:
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(1, 5), st.integers(1, 4), st.integers(1, 60), st.floats(0.5, 1.0), st.integers(0, 2**31),
-    st.sampled_from([1, 2, 7, 16]),
+    st.sampled_from([1, 2, 7, 16, 64]), st.booleans(),
 )  # fmt: skip
-def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma, seed, chunk):
+def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma, seed, chunk, flagged_resets):
+    """`flagged_resets`: the env may flag its autoreset step too (the builder's slow path); without,
+    flags are never adjacent, as with Gymnasium's vector envs (the vectorised path)."""
     rng = np.random.default_rng(seed)
-    steps = []
+    steps, before = [], np.zeros(num_envs, bool)
 
     def obs(t: int) -> np.ndarray:  # unique per (t, env); a step's next_obs is the next step's obs
         return np.full((num_envs, 1), t * 10.0, np.float32) + np.arange(num_envs)[:, None]
 
     for t in range(length):
+        term, trunc = rng.random(num_envs) < 0.15, rng.random(num_envs) < 0.1
+        if not flagged_resets:
+            term, trunc = term & ~before, trunc & ~before
+        before = term | trunc
         steps.append((
             obs(t), rng.integers(0, 3, num_envs), rng.integers(-2, 3, num_envs).astype(np.float64),
-            obs(t + 1), rng.random(num_envs) < 0.15, rng.random(num_envs) < 0.1,
+            obs(t + 1), term, trunc,
         ))  # fmt: skip
     builder = NStepBuilder(num_envs, (1,), "float32", n, gamma, chunk=chunk)
     builder.start(obs(0))
@@ -67,9 +73,15 @@ def test_vectorised_rows_match_the_per_env_reference(n, num_envs, length, gamma,
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 80), st.integers(0, 2**31), st.sampled_from([1, 3, 16]))
-def test_episode_returns_lengths_and_steps_taken_match_a_per_step_tally(n, num_envs, length, seed, chunk):
+@given(
+    st.integers(1, 4), st.integers(1, 4), st.integers(1, 80), st.integers(0, 2**31), st.sampled_from([1, 3, 16, 64]),
+    st.booleans(),
+)  # fmt: skip
+def test_episode_returns_lengths_and_steps_taken_match_a_per_step_tally(
+    n, num_envs, length, seed, chunk, flagged_resets
+):
     rng = np.random.default_rng(seed)
+    before = np.zeros(num_envs, bool)
     builder = NStepBuilder(num_envs, (1,), "float32", n, 0.9, chunk=chunk)
     builder.start(np.zeros((num_envs, 1), np.float32))
     want, running, steps, resetting = [], np.zeros(num_envs), np.zeros(num_envs, int), np.zeros(num_envs, bool)
@@ -78,6 +90,9 @@ def test_episode_returns_lengths_and_steps_taken_match_a_per_step_tally(n, num_e
         obs = np.zeros((num_envs, 1), np.float32)
         rew = rng.integers(-3, 4, num_envs).astype(float)
         term, trunc = rng.random(num_envs) < 0.1, rng.random(num_envs) < 0.05
+        if not flagged_resets:  # as Gymnasium: the autoreset step carries no flag
+            term, trunc = term & ~before, trunc & ~before
+        before = term | trunc
         rows = builder.add(np.zeros(num_envs, int), rew, obs, term, trunc)
         if rows is not None:
             got_r += builder.episodes[0].tolist()
@@ -94,3 +109,9 @@ def test_episode_returns_lengths_and_steps_taken_match_a_per_step_tally(n, num_e
         got_l += builder.episodes[1].tolist()
     assert sorted(zip(got_r, got_l, strict=True)) == sorted(want)
     assert builder.taken == taken, "autoreset steps are not env steps; every other step is counted once"
+
+
+def test_chunk_is_long_for_small_observations_and_bounded_for_wide_image_vectors():
+    assert NStepBuilder.chunk_for(8, (4,), "float32") == 64
+    assert NStepBuilder.chunk_for(32, (4, 84, 84), "uint8") == 16  # 32 x 28 KB per step: the floor
+    assert NStepBuilder.chunk_for(8, (4, 84, 84), "uint8") == 37  # 8 MiB / (8 x 28,224 B)
