@@ -1,6 +1,6 @@
 """Scaling: env steps/s of the running system against actor count, beside the single-process ceiling.
 
-    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N]
+    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N] [key=value ...]
 
 For each actor count A (1 ... usable CPUs) the real system runs (supervisor, learner training as fast
 as it can, A actor processes) with the rate limiter off, so actors are limited by their own work
@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="ceiling + system points, alternated; medians")
     ap.add_argument("--pin", action="store_true", help="also measure with run.pin_cpus (actors and learner pinned)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("overrides", nargs="*", help="config overrides (key=value), applied after the benchmark's own")
     args = ap.parse_args(argv)
     out = Path(args.out or "bench_out/scaling")
     overrides = [
         f"run.runs_dir={out / 'runs'}", "replay.samples_per_insert=null", "replay.min_fill=1000",
         f"run.wall_time_s={args.warmup + args.seconds + 1}", "run.total_env_steps=1000000000",
         "run.target_return=null", "logging.status_every_s=1", "eval.every_s=100000", "eval.episodes=1",
-        "learner.device=cpu",
+        "learner.device=cpu", *args.overrides,
     ]  # fmt: skip
     cpus = resources.usable_cpus()
     fits = max(1, cpus - 1)  # one CPU is the learner's
