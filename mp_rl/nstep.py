@@ -36,7 +36,7 @@ class NStepBuilder:
     def chunk_for(num_envs: int, obs_shape, obs_dtype: str, budget: int = 8 << 20) -> int:
         """Steps per chunk: 64 where the stored observations fit in `budget` bytes, fewer (not
         under 16) for wide image vectors. The per-chunk work is ~100 numpy calls whatever its
-        size, so a longer chunk spreads it thinner (16 -> 64 steps: 17 -> 10 us per CartPole step)."""
+        size, so a longer chunk spreads it thinner (16 -> 64 steps: 22 -> 7 us per step, 8 CartPole envs)."""
         obs_bytes = num_envs * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
         return int(np.clip(budget // max(obs_bytes, 1), 16, 64))
 
