@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import table, write_results
-from mp_rl import resources
 from mp_rl.config import load_config
-from mp_rl.mp_system import Supervisor
-from mp_rl.preflight import new_run_dir, plan
+from mp_rl.start import resources
+from mp_rl.start.preflight import new_run_dir, plan
+from mp_rl.system.supervisor import Supervisor
 
 COMMON = ["run.total_env_steps=1000000000", "run.target_return=null", "logging.status_every_s=0.5",
           "eval.every_s=100000", "eval.episodes=1", "learner.device=cpu", "learner.max_batch_size=2048"]  # fmt: skip

@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from mp_rl.shm.manifest import AttachError, SharedRun
+from mp_rl.system.telemetry import Delta
 from mp_rl.tools.status import View, member_name
 
 PYSPY_RATE = 50
@@ -172,9 +173,11 @@ def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, s
         vals = [x[key] for x in steady if x[key] is not None]
         return float(np.mean(vals)) if vals else 0.0
 
-    dt = max(last["t"] - first["t"], 1e-9)
-    wait = (last["learner_wait_ns"] - first["learner_wait_ns"]) / 1e9 / dt
-    blocked = (last["actor_blocked_ns"] - first["actor_blocked_ns"]) / 1e9 / dt
+    keys = ("learner_wait_ns", "actor_blocked_ns")
+    delta = Delta({k: last[k] - first[k] for k in keys}, last["t"] - first["t"])
+    actors = max(1, sum(m["kind"] == "actor" for m in timeline[-1]["members"])) if timeline else 1
+    wait = delta.fraction("learner_wait_ns") or 0.0
+    blocked = delta.fraction("actor_blocked_ns", over=actors) or 0.0
     cpu: dict[str, list[float]] = {}
     for x in steady:
         for m in x["members"]:
@@ -194,7 +197,7 @@ def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, s
         "| env steps/s | samples/s | updates/s | learner waiting for data | actors blocked by the rate limiter |",
         "| --- | --- | --- | --- | --- |",
         f"| {mean('env_steps_per_s'):,.0f} | {mean('samples_per_s'):,.0f} | {mean('updates_per_s'):,.0f} | "
-        f"{wait:.0%} of its time | {blocked:.0%} of an actor's time (summed over actors) |", "",
+        f"{wait:.0%} of its time | {blocked:.0%} of an actor's time (mean over actors) |", "",
         "## Where the time goes, per process", "",
         "| member | CPU % (psutil, mean) | share of py-spy samples (%) |", "| --- | --- | --- |", *rows, "",
         "## What the monitor saw", "", *(bottlenecks or ["- monitor off or not ready"]), "",

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import table, write_results
-from mp_rl import resources
+from mp_rl.agent.envs import make_vector_env
+from mp_rl.agent.models import build_q_network
 from mp_rl.config import load_config
-from mp_rl.envs import make_vector_env
-from mp_rl.models import build_q_network
-from mp_rl.mp_system import Supervisor
-from mp_rl.preflight import new_run_dir, plan
+from mp_rl.start import resources
+from mp_rl.start.preflight import Span, new_run_dir, plan
+from mp_rl.system.supervisor import Supervisor
 
 
 def single_process_rate(cfg, seconds: float) -> float:
@@ -58,7 +58,9 @@ def single_process_rate(cfg, seconds: float) -> float:
 
 def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
     """Run the real system with `actors` actors; env steps/s and updates/s over the steady window."""
-    run_plan = dataclasses.replace(plan(cfg), actors=actors)  # past the clamp on purpose: the curve's tail
+    p = plan(cfg)  # past the clamp on purpose below: the curve's tail
+    fixed = Span(actors, actors, actors, False)
+    run_plan = dataclasses.replace(p, knobs=dataclasses.replace(p.knobs, actors=fixed))
     run_dir = new_run_dir(cfg)
     with contextlib.redirect_stdout(io.StringIO()):
         Supervisor(run_plan, run_dir).run()

@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from benchmarks.common import median_time, table, write_results
-from mp_rl.models import NatureCNN
+from mp_rl.agent.models import NatureCNN
 from mp_rl.shm import atomics
 from mp_rl.shm.board import WeightBoard, flatten_parameters
 from mp_rl.shm.segment import Segment

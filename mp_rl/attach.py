@@ -11,24 +11,16 @@ that are not there) is one line and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import signal
-import sys
-from pathlib import Path
 
+from mp_rl.cli import EXIT_USAGE, Parser, fail
 from mp_rl.config import ConfigError, load_config
 from mp_rl.shm.control import ATTACHED, Kind, State
 from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+MAX_CPU = 8192  # the kernel's largest CPU set (CONFIG_NR_CPUS) on any machine we run on
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -37,13 +29,15 @@ def parse_cpus(text: str) -> list[int]:
     >>> parse_cpus("0-2,5")
     [0, 1, 2, 5]
     """
-    cpus: list[int] = []
+    cpus: set[int] = set()
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
             raise ValueError(f"--cpus {text!r}: expected a list like 8-15,20")
-        cpus += range(int(lo), int(hi or lo) + 1)
-    return sorted(set(cpus))
+        if int(hi or lo) >= MAX_CPU:  # checked before the range is built: 0-4000000000 is no list to make
+            raise ValueError(f"--cpus {text!r}: CPU numbers go up to {MAX_CPU - 1}")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(cpus)
 
 
 def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | None, parent_pid: int) -> None:
@@ -55,10 +49,9 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
         signal.signal(sig, lambda signum, _frame: asked.append(signum))
     import torch  # after the handlers: a Ctrl-C during these imports is remembered too
 
-    from mp_rl.actor import Actor
-    from mp_rl.procs import child_setup, env_spec_of
+    from mp_rl.agent.actor import Actor
+    from mp_rl.system.shells import child_setup, env_spec_of
 
-    run_dir_p = Path(run_dir)
     if cpus:
         os.sched_setaffinity(0, cpus)
     shared = SharedRun.attach(run_dir)
@@ -66,19 +59,18 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
     try:
         slot = shared.control.claim(Kind.ACTOR, flags=ATTACHED)
     except RuntimeError as exc:
-        print(f"mp_rl.attach: run {shared.run_id}: {exc}", file=sys.stderr)
         shared.close()
-        raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(fail("mp_rl.attach", f"run {shared.run_id}: {exc}")) from None
     member = f"actor-{slot} (attached)"
-    log = child_setup(run_dir_p, shared.run_id, member, parent_pid, ignore_sigint=False)
+    log = child_setup(shared.run_dir, shared.run_id, member, parent_pid, ignore_sigint=False)
     control = shared.control
-    control.members[slot, 7] = slot  # M_INDEX: its place in the Ape-X schedule is its slot
+    control.set_index(slot, slot)  # its place in the Ape-X schedule is its slot
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C: finish the block, leave
         signal.signal(sig, lambda *_: control.retire(slot))
     if asked:  # it came while we were claiming
         control.retire(slot)
     try:
-        cfg = load_config(shared.info["config"], overrides)
+        cfg = load_config(shared.config_path, overrides)
         torch.set_num_threads(cfg.actors.torch_threads)
         seed = cfg.run.seed + 10_007 * (slot + 1) + os.getpid()
         actor = Actor(cfg, shared, env_spec_of(shared), slot, index=slot, count=control.max_members, seed=seed)
@@ -98,7 +90,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="mp_rl.attach", description="Attach extra actors to a live mp_rl run.")
+    p = Parser(prog="mp_rl.attach", description="Attach extra actors to a live mp_rl run.")
     p.add_argument("run_dir", help="the run folder (runs/<id>)")
     p.add_argument("--actors", type=int, default=1, help="actors to attach (default 1)")
     p.add_argument("--cpus", help="CPUs to pin them to, e.g. 8-15 (one each while there are enough)")
@@ -114,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--cpus {args.cpus}: CPU(s) {missing} are not available here (usable: {sorted(usable)})")
         overrides = [] if args.envs_per_actor is None else [f"env.envs_per_actor={args.envs_per_actor}"]
         with SharedRun.attach(args.run_dir) as shared:
-            load_config(shared.info["config"], overrides)
-            free = int((shared.control.members[:, 0] == State.FREE).sum())
-            run_id = shared.run_id
+            load_config(shared.config_path, overrides)
+            free, run_id = shared.control.free_slots(), shared.run_id
         if free < args.actors:
             raise ValueError(f"run {run_id}: {'all' if free == 0 else f'only {free} of the'} "
                              f"{shared.control.max_members} member slots are free, {args.actors} asked")  # fmt: skip
     except (ValueError, AttachError, ConfigError) as exc:
-        print(f"mp_rl.attach: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail("mp_rl.attach", exc)
     return run_attached(args.run_dir, run_id, args.actors, cpus, overrides)
 
 
@@ -130,7 +120,7 @@ def run_attached(run_dir: str, run_id: str, n: int, cpus: list[int] | None, over
     """Start the actors; on Ctrl-C they detach themselves (each got the SIGINT); wait for them."""
     from setproctitle import setproctitle
 
-    from mp_rl.procs import title
+    from mp_rl.system.shells import title
 
     setproctitle(title(run_id, "attach"))
     ctx, me = mp.get_context("spawn"), os.getpid()

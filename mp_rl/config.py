@@ -9,13 +9,12 @@ range, missing file. The resolved config (`dump_config`) is what a run folder ke
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from mp_rl.shm.sync import RateLimit, RateLimitError
 
 
 class ConfigError(ValueError):
@@ -27,13 +26,15 @@ class _Section(BaseModel):
 
 
 Auto = Literal["auto"]
+Width = Annotated[int, Field(ge=1, le=65536)]  # one layer's units
+Count = Annotated[int, Field(ge=0, le=10**9)]
 
 
 class RunConfig(_Section):
     name: str = Field(
         "run", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Run name: folder suffix and process titles."
     )
-    seed: int = Field(0, description="Base random seed; actor i uses seed + i.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Base random seed; actor i uses seed + i.")
     runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run.")
     total_env_steps: int = Field(1_000_000, ge=1, description="Stop after this many environment steps.")
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds (null: no limit).")
@@ -116,7 +117,9 @@ class LearnerConfig(_Section):
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
     dueling: bool = Field(True, description="Dueling value/advantage head.")
-    hidden: tuple[int, ...] = Field((128, 128), min_length=1, description="MLP hidden sizes (vector observations).")
+    hidden: tuple[Width, ...] = Field(
+        (128, 128), min_length=1, max_length=8, description="MLP hidden sizes (vector observations)."
+    )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
     publish_every: int = Field(10, ge=1, description="Updates between weight publishes.")
     prefetch: bool = Field(True, description="Sample the next batch in a thread while the GPU trains.")
@@ -160,7 +163,7 @@ class LoggingConfig(_Section):
     checkpoint_every: int = Field(10_000, ge=1, description="Updates between checkpoints.")
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
     torch_profile: bool = Field(False, description="Profile the learner with torch.profiler (into <run>/profile).")
-    torch_profile_schedule: tuple[int, int, int] = Field(
+    torch_profile_schedule: tuple[Count, Count, Count] = Field(
         (100, 20, 50), description="torch.profiler window in updates: wait, warmup, active (then it stops)."
     )
 
@@ -175,22 +178,6 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     logging: LoggingConfig = LoggingConfig()
 
-    def rate_limit(self) -> RateLimit:
-        """The replay rate limiter this config asks for (validated: it cannot deadlock)."""
-        r, spi = self.replay, self.replay.samples_per_insert
-        max_batch = self.learner.max_batch_size if self.learner.batch_size == "auto" else self.learner.batch_size
-        floor = (self.actors.block * (spi or 0) + max_batch) / 2
-        buffer = r.error_buffer if r.error_buffer is not None else 4 * floor
-        return RateLimit(spi, r.min_fill, buffer, self.actors.block, max_batch)
-
-    @model_validator(mode="after")
-    def _deadlock_free(self) -> Config:
-        try:
-            self.rate_limit()
-        except RateLimitError as exc:
-            raise ValueError(f"replay.error_buffer: {exc}") from None
-        return self
-
 
 def _model_at(path: tuple) -> type[BaseModel] | None:
     model: Any = Config
@@ -202,6 +189,9 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
     return model
 
 
+_SHORT = reprlib.Repr()  # an alias bomb's value stays one short line (keyword arguments need Python 3.12)
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
 _BRANCHES = ("int", "float", "literal['auto']", "function-after[_count_range()]")
 
 
@@ -222,7 +212,7 @@ def _one_line(exc: ValidationError) -> str:
         return f"{'.'.join(map(str, loc))}.{msg}{more}" if loc else f"{msg}{more}"
     if sum(1 for other in locs if other == loc) > 1:  # a union such as int | 'auto': say both
         msg = "should be a number or 'auto'"
-    got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    got = "" if err["type"] == "missing" else f" (got {_SHORT.repr(err['input'])})"
     return f"{key}: {msg}{got}{more}"
 
 
@@ -234,8 +224,10 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"override {override!r}: expected key.sub=value")
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # not YAML (or a date that is no date): take it as a string
         value = text
+    except RecursionError:
+        raise ConfigError(f"override {key.strip()!r}: the value is nested too deeply") from None
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -254,12 +246,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where else ""
             raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+        except ValueError as exc:  # a scalar YAML cannot build, such as the date 2024-13-45
+            raise ConfigError(f"config file {path} holds a value YAML cannot read: {str(exc)[:80]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
@@ -268,6 +264,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    except RecursionError:
+        raise ConfigError("config: nested too deeply") from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -16,7 +16,7 @@ import time
 import psutil
 import torch
 
-from mp_rl import resources
+from mp_rl.start import resources
 
 
 def cpu_model() -> str:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from mp_rl.shm.board import WeightBoard
-from mp_rl.shm.ring import ReplayRing, RingSpec
-from mp_rl.shm.ringio import RingClosed
+from mp_rl.shm.ring import ReplayRing, RingClosed, RingSpec
 
 OBS = 4
 
@@ -158,7 +157,7 @@ def claimer_proc(entry: dict, tries: int, out) -> None:
             continue
         slots.append(slot)
         # While we hold it nobody else may: mark it with our pid and check it stays ours.
-        assert int(cb.members[slot, 2]) == os.getpid()
+        assert cb.pid(slot) == os.getpid()
         cb.leave(slot)
     out.put((os.getpid(), slots))
     cb.close()

@@ -60,8 +60,8 @@ def live(tmp_path):
 
     runs = []
 
-    def start(*args, env=None):
-        run = LiveRun(tmp_path / "runs", *args, env=env)
+    def start(*args, env=None, cwd=None, runs_dir=None):
+        run = LiveRun(runs_dir or tmp_path / "runs", *args, env=env, **({"cwd": cwd} if cwd else {}))
         runs.append(run)
         return run
 

@@ -42,11 +42,11 @@ def wait_for(predicate, timeout: float, what: str):
 class LiveRun:
     """`python -m mp_rl.run ...` in the background; always killed and cleaned up on exit."""
 
-    def __init__(self, runs_dir: Path, *args: str, env: dict | None = None):
-        self.runs_dir = runs_dir
-        self.before = set(runs_dir.glob("*"))
+    def __init__(self, runs_dir: Path, *args: str, env: dict | None = None, cwd: Path = REPO):
+        self.runs_dir = Path(cwd) / runs_dir  # runs_dir may be relative to `cwd`, as a user would write it
+        self.before = set(self.runs_dir.glob("*"))
         cmd = [sys.executable, "-m", "mp_rl.run", *args, f"run.runs_dir={runs_dir}"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})  # fmt: skip
         self.run_dir = wait_for(self._run_dir, 60, "the run folder")
         self.run_id = self.run_dir.name
@@ -93,6 +93,10 @@ class LiveRun:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=10)
-        from mp_rl.tools.cleanup import remove_dead
+        from mp_rl.shm import reaper
 
-        remove_dead()
+        for run in reaper.scan():  # ours, and everything of it is dead now, however young the run
+            if run.run_id == self.run_id:
+                for path in run.paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)

@@ -101,12 +101,12 @@ def test_attach_and_detach_twenty_times_leaks_no_slot_segment_or_process(live):
     run.wait_members({"learner", "actor-0"})
     segments = set(list_segments())
     with SharedRun.attach(run.run_dir) as shared:
-        free = int((shared.control.members[:, 0] == State.FREE).sum())
+        free = shared.control.free_slots()
         for i in range(20):
             proc = attach(run.run_dir, "--actors", "2")
             wait_for(lambda: len(running_attached(shared)) == 2, 60, f"round {i}: two attached actors running")
             ctrl_c(proc)
-            wait_for(lambda: int((shared.control.members[:, 0] == State.FREE).sum()) == free, 10, "slots back")
+            wait_for(lambda: shared.control.free_slots() == free, 10, "slots back")
         assert not attached(run)
     assert set(list_segments()) == segments
     rc, _, err = run.stop(timeout=30)

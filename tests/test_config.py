@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mp_rl.config import Config, ConfigError, dump_config, load_config
+from mp_rl.start.preflight import StartError, plan
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -44,7 +45,6 @@ def test_config_objects_are_frozen():
         (["learner.batch_size=4"], "learner.batch_size: must be 'auto' or 8..max_batch_size (2048), got 4"),
         (["replay.gamma=1.5"], "replay.gamma: Input should be less than or equal to 1"),
         (["learner.device=tpu"], "learner.device: Input should be 'auto', 'cpu' or 'cuda'"),
-        (["replay.error_buffer=1"], "replay.error_buffer: error_buffer 1 could deadlock"),
         (["learner"], "override 'learner': expected key.sub=value"),
         (["learner.lr.x=1"], "learner.lr: Input should be a valid number (got {'x': 1})"),
     ],
@@ -54,6 +54,11 @@ def test_bad_values_name_the_key_and_the_problem(overrides, message):
         load_config(None, overrides)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_a_rate_limit_that_could_deadlock_is_refused_by_the_plan():
+    with pytest.raises(StartError, match=r"replay\.error_buffer: error_buffer 1 could deadlock"):
+        plan(load_config("configs/smoke.yaml", ["replay.error_buffer=1"]))
 
 
 def test_bad_files_say_which_file_and_why(tmp_path):

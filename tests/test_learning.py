@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mp_rl.agent.evaluation import greedy_returns
 from mp_rl.config import load_config
-from mp_rl.evaluate import evaluate
-from mp_rl.preflight import new_run_dir, plan
-from mp_rl.serial import SerialRun
+from mp_rl.start.preflight import new_run_dir, plan
+from mp_rl.system.serial import SerialRun
 
 RANDOM_CARTPOLE = 22.0  # mean return of a uniform random policy on CartPole-v1
 
@@ -20,6 +20,6 @@ def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path):
     p = plan(cfg)
     with SerialRun(p, new_run_dir(cfg)) as run:
         steps = run.train(max_seconds=120)
-        returns = evaluate(run.learner.online.cpu(), cfg.env, episodes=20, seed=123)
+        returns = greedy_returns(run.learner.online.cpu(), cfg.env, episodes=20, seed=123)
     assert steps >= 10_000, f"only {steps} env steps in the time budget"
     assert np.mean(returns) >= 5 * RANDOM_CARTPOLE, f"greedy mean {np.mean(returns):.1f} after {steps} steps"

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from mp_rl.config import load_config
-from mp_rl.monitor.process import DECISIONS, Monitor
+from mp_rl.monitor.monitor import DECISIONS, Monitor
 from mp_rl.monitor.sources import MachineSource
 from mp_rl.shm import RateLimit, SharedRun
 from mp_rl.shm.control import ATTACHED, Kind
+from mp_rl.start.preflight import plan
 from mp_rl.testing import checked_spec
 
 
@@ -45,7 +46,7 @@ def monitor(shared, tmp_path, *overrides, machine=None, pipeline=None) -> Monito
     cfg = load_config("configs/smoke.yaml", ["actors.count=auto", "monitor.window_s=1", "monitor.cooldown_s=0",
                                              "replay.min_fill=100", *overrides])  # fmt: skip
     shared.control.set_target("actors", 1)
-    return Monitor(cfg, shared, tmp_path, machine or FakeMachine(), pipeline or FakePipeline())
+    return Monitor(cfg, shared, tmp_path, plan(cfg).knobs, machine or FakeMachine(), pipeline or FakePipeline())
 
 
 def test_the_cgroup_limits_are_the_machine_the_monitor_sees(tmp_path):

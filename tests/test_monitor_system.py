@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from system_helpers import wait_for
 
-from mp_rl import resources
 from mp_rl.monitor.sources import FAKE_MEMORY_ENV
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.start import resources
 
 FAST = ["monitor.enabled=true", "monitor.cooldown_s=1", "monitor.window_s=1", "monitor.decide_every_s=0.5"]
 LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mp_rl.nstep import NStepBuilder
+from mp_rl.agent.nstep import NStepBuilder
 
 
 def reference_rows(steps, n: int, gamma: float, num_envs: int) -> dict:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import requires_cuda
 
-from mp_rl import resources
-from mp_rl.actor import ape_x_epsilon
+from mp_rl.agent.actor import ape_x_epsilon
 from mp_rl.config import load_config
-from mp_rl.preflight import plan
+from mp_rl.start import resources
+from mp_rl.start.preflight import plan
 
 
 def test_cgroup_cpu_quota_caps_the_affinity_mask(tmp_path):
@@ -47,17 +47,16 @@ def test_ape_x_epsilons_span_from_base_to_base_to_the_eighth():
 
 @requires_cuda
 def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_path):
-    from mp_rl.learner import Learner
-    from mp_rl.mp_system import numel_for
-    from mp_rl.preflight import new_run_dir
+    from mp_rl.agent.learner import Learner
     from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import new_run_dir
     from mp_rl.testing import make_rows
 
     cfg = load_config("configs/smoke.yaml", [f"run.runs_dir={tmp_path}", "learner.device=cuda", "replay.min_fill=64"])
     p = plan(cfg)
-    shared = SharedRun.create(new_run_dir(cfg), "gpu", p.ring, p.limit, numel_for(cfg, p.spec), 4, p.capacity)
+    shared = SharedRun.create(new_run_dir(cfg), "gpu", p.ring, p.limit, p.numel, 4, p.capacity)
     try:
-        learner = Learner(cfg, shared, p.spec)
+        learner = Learner(cfg, shared, p.spec, p.knobs.batch_size)
         assert learner.amp_dtype in (torch.bfloat16, torch.float16) and shared.board._pinned
         rows = make_rows(0, 0, 32)
         rows["action"] = rows["action"] % 2
@@ -73,9 +72,10 @@ def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_
 
 
 def _pinned_affinity(cfg_json: dict, index: int | None, out) -> None:
-    from mp_rl.procs import pin
+    from mp_rl.config import Config
+    from mp_rl.system.shells import pin
 
-    pin(cfg_json, index)
+    pin(Config.model_validate(cfg_json), index)
     out.put(sorted(os.sched_getaffinity(0)))
 
 

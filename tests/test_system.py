@@ -11,8 +11,8 @@ import psutil
 import pytest
 from system_helpers import REPO, wait_for
 
+from mp_rl.shm import reaper
 from mp_rl.shm.segment import list_segments
-from mp_rl.tools.cleanup import runs_in_shm
 
 LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]
 
@@ -107,6 +107,10 @@ def test_a_killed_learner_stops_the_run_with_an_error(live):
     assert not run.members() and run.run_id not in runs_in_shm()
 
 
+def runs_in_shm() -> set[str]:
+    return {r.run_id for r in reaper.scan()}
+
+
 def test_a_sigkilled_supervisor_takes_its_children_and_cleanup_removes_its_segments(live):
     run = live(*LONG)
     children = run.wait_members({"learner", "actor-0"})
@@ -115,6 +119,8 @@ def test_a_sigkilled_supervisor_takes_its_children_and_cleanup_removes_its_segme
     _, alive = psutil.wait_procs(list(children.values()), timeout=5)
     assert not alive, f"children outlived the supervisor: {alive}"
     assert run.run_id in runs_in_shm()  # nobody unlinked them: that is cleanup's job
+    # A run younger than reaper.STARTING_S counts as starting, whatever its owner: wait that out.
+    wait_for(lambda: {r.run_id: r.state for r in reaper.scan()}.get(run.run_id) == "dead", 15, "the run judged dead")
     out = subprocess.run([sys.executable, "-m", "mp_rl.tools.cleanup", "--yes"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)  # fmt: skip
     assert f"removed {run.run_id}" in out.stdout, out.stdout + out.stderr

@@ -1,5 +1,5 @@
 """The resource monitor: measure the machine and the pipeline, name the bottleneck, move the knobs."""
 
-from mp_rl.monitor.process import Monitor
+from mp_rl.monitor.monitor import Monitor
 
 __all__ = ["Monitor"]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from mp_rl import resources
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.start import resources
+from mp_rl.system.telemetry import ProcessCpu, Rates, weight_lag
 
 # Testing hook: a JSON file {"total": bytes, "available": bytes} that replaces the memory reading,
 # so a test can simulate RAM pressure without starving the machine it runs on.
@@ -110,47 +111,27 @@ class MachineSource:
 
 
 class PipelineSource:
-    """Rates from the shared counters (deltas between samples), members and their CPU, knob values."""
+    """Rates from the shared counters (`telemetry`), members and their CPU, knob values."""
 
     def __init__(self, shared: SharedRun) -> None:
         self.shared = shared
-        self.last = self._counts()
-        self.last_time = time.monotonic()
-        self.procs: dict[int, psutil.Process] = {}
-
-    def _counts(self) -> dict[str, int]:
-        ring = self.shared.ring.counts()
-        return {**self.shared.control.counters(), "inserts": ring["inserts"], "samples": ring["samples"]}
-
-    def _cpu_of(self, pid: int) -> float | None:
-        try:
-            proc = self.procs.get(pid)
-            if proc is None:
-                proc = self.procs[pid] = psutil.Process(pid)
-                proc.cpu_percent(None)
-                return None
-            return round(proc.cpu_percent(None) / 100.0, 3)
-        except psutil.Error:
-            self.procs.pop(pid, None)
-            return None
+        self.rates = Rates.of(shared)
+        self.cpu = ProcessCpu()
 
     def sample(self, now: float) -> dict:
-        counts, dt = self._counts(), max(now - self.last_time, 1e-6)
-        d = {k: counts[k] - self.last[k] for k in counts}
-        self.last, self.last_time = counts, now
+        delta = self.rates.update()
         control, ring = self.shared.control, self.shared.ring
         members = control.live_members()
         actors = [m for m in members if m["kind"] == "actor"]
-        version = self.shared.board.version
-        running = sum(m["state"] == "running" for m in actors) or 1
+        running = sum(m["state"] == "running" for m in actors)
         for m in members:
-            m["cpu"] = self._cpu_of(m["pid"]) if m["pid"] else None
-        self.procs = {p: proc for p, proc in self.procs.items() if any(m["pid"] == p for m in members)}
+            m["cpu"] = self.cpu(m["pid"])
+        self.cpu.keep(m["pid"] for m in members)
         return {
-            **{f"{k}_per_s": round(d[k] / dt, 1) for k in ("env_steps", "inserts", "samples", "updates")},
-            "learner_wait_frac": round(min(1.0, d["learner_wait_ns"] / 1e9 / dt), 3),
-            "actor_blocked_frac": round(min(1.0, d["actor_blocked_ns"] / 1e9 / dt / running), 3),
-            "weight_lag": max((version - m["weights"] for m in actors), default=0),
+            **{k: v or 0.0 for k, v in delta.rates().items()},
+            "learner_wait_frac": round(delta.fraction("learner_wait_ns") or 0.0, 3),
+            "actor_blocked_frac": round(delta.fraction("actor_blocked_ns", over=running) or 0.0, 3),
+            "weight_lag": weight_lag(self.shared.board.version, members),
             "actors": sum(not m["attached"] for m in actors),
             "attached": sum(m["attached"] for m in actors),
             "batch_size": control.target("batch_size"),

@@ -3,8 +3,7 @@
 from mp_rl.shm.board import WeightBoard, flatten_parameters
 from mp_rl.shm.control import ControlBlock, Kind, State
 from mp_rl.shm.manifest import AttachError, SharedRun, read_manifest
-from mp_rl.shm.ring import FieldSpec, ReplayRing, RingSpec
-from mp_rl.shm.ringio import RingClosed, RingSampler, RingWriter
+from mp_rl.shm.ring import FieldSpec, ReplayRing, RingClosed, RingSampler, RingSpec, RingWriter
 from mp_rl.shm.segment import Segment, SegmentError, list_segments
 from mp_rl.shm.sync import RateLimit, RateLimitError, Wakeup
 

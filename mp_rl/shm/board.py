@@ -63,7 +63,7 @@ class WeightBoard:
 
     @classmethod
     def attach(cls, name: str, numel: int) -> WeightBoard:
-        return cls(Segment.attach(name), numel)
+        return cls(Segment.attach(name, cls.layout_for(numel).size), numel)
 
     def describe(self) -> dict:
         return {"segment": self.segment.name, "numel": self.numel}
@@ -99,6 +99,9 @@ class WeightBoard:
         v = self.version + 1
         s = v % 2
         atomics.store(self.mark_addr[s], 2 * v - 1)  # odd: readers keep out of this slot
+        # Full fence: the copy's plain stores must not become visible before the odd mark. On arm64
+        # a seq-cst store is a one-way barrier (stlr): it holds back what came before, not what follows.
+        atomics.fence()
         if flat.is_cuda:
             self.slots[s].copy_(flat.detach(), non_blocking=self._pinned)
             done = torch.cuda.Event()
@@ -106,7 +109,8 @@ class WeightBoard:
             done.synchronize()  # the DMA must land before the slot is marked complete
         else:
             self.slots[s].copy_(flat.detach())
-        atomics.store(self.mark_addr[s], 2 * v)  # seq_cst store: ordered after the copy
+        atomics.fence()  # full fence: every byte of the copy is visible before the even mark
+        atomics.store(self.mark_addr[s], 2 * v)
         atomics.store(self.version_addr, v)
         return v
 
@@ -124,10 +128,13 @@ class WeightBoard:
             if v <= have:
                 return have
             s = v % 2
-            mark = atomics.load(self.mark_addr[s])
+            mark = atomics.load(self.mark_addr[s])  # seq-cst load (ldar): the copy's loads cannot rise above it
             if mark == 2 * v:
                 flat.copy_(self.slots[s])
-                if atomics.load(self.mark_addr[s]) == mark:  # seq_cst load: after the copy's loads
+                # Full fence: the copy's plain loads complete before the re-check. An acquire load alone
+                # (ldar on arm64) lets earlier plain loads be satisfied after it: a torn copy could pass.
+                atomics.fence()
+                if atomics.load(self.mark_addr[s]) == mark:
                     return v
             self.retries += 1
             if time.monotonic() > deadline:

@@ -7,15 +7,18 @@ its state word, so two processes racing for slots never get the same one. A memb
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
+import struct
 import time
+from typing import ClassVar
 
 import numpy as np
 
 from mp_rl.shm import atomics
-from mp_rl.shm.segment import Layout, Segment
+from mp_rl.shm.segment import Layout, Segment, SegmentError
 from mp_rl.shm.sync import Wakeup
 
 MAGIC = 0x6D70726C_00000002  # "mprl", layout version 2 (adds the monitor snapshot)
@@ -36,12 +39,37 @@ class Kind(enum.IntEnum):
 
 ATTACHED = 1  # member flag: started by hand (mp_rl.attach); the monitor never retires it
 
-# Column meaning of a member row (eight int64 words = one cache line).
+# Column meaning of a member row (eight int64 words = one cache line). Private to this file:
+# everyone else uses the accessors below.
 M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = range(8)
 COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
 EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
 TARGETS = ("actors", "batch_size", "capacity")
 SNAPSHOT_BYTES = 64 * 1024  # the monitor's latest snapshot, as JSON, under a seqlock
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """The first words of a control segment: enough for cleanup to judge whether its run is alive."""
+
+    magic: int
+    owner_pid: int
+    created_ns: int
+
+    HEADER_BYTES: ClassVar[int] = 32
+
+    @classmethod
+    def parse(cls, data: bytes) -> Header | None:
+        """None when the segment is shorter than a header (created, not yet sized)."""
+        if len(data) < cls.HEADER_BYTES:
+            return None
+        magic, pid, _stop, created_ns = struct.unpack_from("<qqqq", data)  # the `run` words, in order
+        return cls(magic, pid, created_ns)
+
+    @property
+    def stamped(self) -> bool:
+        """The magic is written last at creation: before it, the other words mean nothing yet."""
+        return self.magic >> 32 == MAGIC >> 32
 
 
 class ControlBlock:
@@ -60,13 +88,13 @@ class ControlBlock:
         self.segment, self.max_members = segment, max_members
         v = self.layout_for(max_members).views(segment.buf)
         self._run, self._counters, self._targets = v["run"], v["counters"], v["targets"]
-        self.members = v["members"]
+        self._members = v["members"]
         self._ep_log, self._ep_cursor = v["ep_log"], v["ep_cursor"]
         self._ep_cursor_addr = atomics.address_of(v["ep_cursor"])
         self._snap_seq, self._snapshot = v["snap_seq"], v["snapshot"]
         self._snap_addr = atomics.address_of(v["snap_seq"])
         self._counter_addr = atomics.address_of(v["counters"])
-        self._member_addr = atomics.address_of(self.members.reshape(-1))
+        self._member_addr = atomics.address_of(self._members.reshape(-1))
         self.stop_addr = atomics.address_of(v["run"], 2)
         self.wakeup = Wakeup(atomics.address_of(v["wake"]))
 
@@ -84,15 +112,16 @@ class ControlBlock:
         cb = cls(Segment.create(name, cls.layout_for(max_members).size), max_members)
         cb._run[1] = os.getpid()
         cb._run[3] = time.time_ns()
-        cb._run[0] = MAGIC
+        atomics.fence()  # pid and time are visible before the magic that vouches for them (cleanup reads them)
+        atomics.store(atomics.address_of(cb._run), MAGIC)
         return cb
 
     @classmethod
     def attach(cls, name: str, max_members: int) -> ControlBlock:
-        cb = cls(Segment.attach(name), max_members)
+        cb = cls(Segment.attach(name, cls.layout_for(max_members).size), max_members)
         if int(cb._run[0]) != MAGIC:
             cb.close()
-            raise RuntimeError(f"segment {name} is not an mp_rl control block of this version")
+            raise SegmentError(f"segment {name} is not an mp_rl control block of this version")
         return cb
 
     def describe(self) -> dict:
@@ -143,24 +172,34 @@ class ControlBlock:
         self.report_episodes(slot, np.array([ret]), np.array([length]))
 
     def report_episodes(self, slot: int, returns: np.ndarray, lengths: np.ndarray) -> None:
-        """Log finished episodes with one reservation; stamps are written last so readers never see half a row."""
+        """Log finished episodes with one reservation. Each row is a seqlock: its stamp is zeroed,
+        the data written, then the stamp set to index + 1; readers keep a row only if they saw
+        that stamp both before and after copying it."""
         k = len(returns)
         if k == 0:
             return
         i = atomics.fetch_add(self._ep_cursor_addr, k)
         rows = (i + np.arange(k)) % EPISODE_LOG
         self._ep_log[rows, 3] = 0
-        self._ep_log[rows, 0], self._ep_log[rows, 1], self._ep_log[rows, 2] = returns, lengths, slot
-        atomics.fence()
+        atomics.fence()  # the zeroed stamps are visible before any new byte of the rows
+        self._ep_log[rows, 0:3] = np.stack([returns, lengths, np.full(k, slot)], axis=1)
+        atomics.fence()  # every byte of the rows is visible before the stamps that vouch for them
         self._ep_log[rows, 3] = i + 1 + np.arange(k)
         self.add("episodes", k)
 
     def episodes_since(self, cursor: int) -> tuple[np.ndarray, int]:
-        """Episodes logged since `cursor` as rows (return, length, slot); and the new cursor."""
-        end = int(self._ep_cursor[0])
+        """Episodes logged since `cursor` as rows (return, length, slot); and the new cursor.
+
+        A row a writer is still filling, or one lapped during the copy, is left out."""
+        end = atomics.load(self._ep_cursor_addr)
         idx = np.arange(max(cursor, end - EPISODE_LOG), end)
-        rows = self._ep_log[idx % EPISODE_LOG].copy()
-        return rows[rows[:, 3] == idx + 1, :3], end
+        slots = idx % EPISODE_LOG
+        before = self._ep_log[slots, 3]
+        atomics.fence()  # the stamps are read before the data they vouch for
+        rows = self._ep_log[slots, 0:3]
+        atomics.fence()  # the data is read before the stamps are read again
+        after = self._ep_log[slots, 3]
+        return rows[(before == idx + 1) & (after == idx + 1)], end
 
     # --- the monitor's snapshot -------------------------------------------------------------
     def publish_snapshot(self, snapshot: dict) -> None:
@@ -171,7 +210,8 @@ class ControlBlock:
         atomics.fence()  # the bytes below may not be seen before the odd mark
         self._snapshot[: len(data)] = np.frombuffer(data, np.uint8)
         self._snap_seq[1] = len(data)
-        atomics.store(self._snap_addr, seq + 2)  # store is SEQ_CST: the bytes are visible before it
+        atomics.fence()  # the bytes are visible before the even mark (on arm64 a seq-cst store is only a release)
+        atomics.store(self._snap_addr, seq + 2)
 
     def read_snapshot(self, tries: int = 100) -> dict | None:
         """The latest snapshot, or None before the monitor's first one (or if it stays torn)."""
@@ -184,7 +224,7 @@ class ControlBlock:
                 continue
             n = int(self._snap_seq[1])
             data = self._snapshot[:n].tobytes()
-            atomics.fence()
+            atomics.fence()  # the bytes are read before the sequence is read again
             if atomics.load(self._snap_addr) == seq:
                 try:
                     return json.loads(data)
@@ -197,8 +237,8 @@ class ControlBlock:
         """Take a free slot atomically; return its number. Raises RuntimeError when all are taken."""
         for slot in range(self.max_members):
             if atomics.compare_exchange(self._member_addr + 64 * slot, State.FREE, State.CLAIMED)[0]:
-                row = self.members[slot]
-                row[M_KIND], row[M_PID], row[M_FLAGS] = kind, pid or os.getpid(), flags
+                row = self._members[slot]
+                row[M_KIND], row[M_PID], row[M_FLAGS] = kind, os.getpid() if pid is None else pid, flags
                 row[M_STEPS], row[M_WEIGHTS], row[M_INDEX] = 0, 0, index
                 row[M_HEARTBEAT] = time.monotonic_ns()
                 atomics.store(self._member_addr + 64 * slot, State.RUNNING)
@@ -207,15 +247,36 @@ class ControlBlock:
         raise RuntimeError(f"all {self.max_members} member slots are taken")
 
     def heartbeat(self, slot: int, steps: int | None = None, weights: int | None = None) -> None:
-        row = self.members[slot]
+        row = self._members[slot]
         row[M_HEARTBEAT] = time.monotonic_ns()  # CLOCK_MONOTONIC is one clock for every process
         if steps is not None:
             row[M_STEPS] = steps
         if weights is not None:
             row[M_WEIGHTS] = weights
 
+    def heartbeat_age(self, slot: int) -> float | None:
+        """Seconds since the member in `slot` last beat; None when the slot is free (nobody to beat)."""
+        beat = int(self._members[slot, M_HEARTBEAT])
+        if self.state(slot) is State.FREE or not beat:
+            return None
+        return (time.monotonic_ns() - beat) / 1e9
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        """The process that now holds `slot` (a member spawned with pid 0 fills in its own)."""
+        self._members[slot, M_PID] = pid
+
+    def pid(self, slot: int) -> int:
+        return int(self._members[slot, M_PID])
+
+    def set_index(self, slot: int, index: int) -> None:
+        """The member's place in the Ape-X epsilon schedule."""
+        self._members[slot, M_INDEX] = index
+
     def state(self, slot: int) -> State:
-        return State(int(self.members[slot, M_STATE]))
+        return State(int(self._members[slot, M_STATE]))
+
+    def free_slots(self) -> int:
+        return int((self._members[:, M_STATE] == State.FREE).sum())
 
     def retire(self, slot: int) -> bool:
         """Ask a running member to leave; True if it was running."""
@@ -225,7 +286,7 @@ class ControlBlock:
 
     def leave(self, slot: int) -> None:
         """Release a slot (its owner on exit, or the supervisor for a dead member)."""
-        self.members[slot, 1:] = 0
+        self._members[slot, 1:] = 0
         atomics.store(self._member_addr + 64 * slot, State.FREE)
         self.wakeup.notify()
 
@@ -233,8 +294,8 @@ class ControlBlock:
         """One dict per claimed slot: what the supervisor and the tools show."""
         now = time.monotonic_ns()
         rows = []
-        for slot in np.flatnonzero(self.members[:, M_STATE] != State.FREE):
-            r = self.members[slot].copy()
+        for slot in np.flatnonzero(self._members[:, M_STATE] != State.FREE):
+            r = self._members[slot].copy()
             rows.append(
                 {
                     "slot": int(slot),
@@ -251,7 +312,7 @@ class ControlBlock:
         return rows
 
     def close(self) -> None:
-        self._run = self._counters = self._targets = self.members = self._ep_log = self._ep_cursor = None
+        self._run = self._counters = self._targets = self._members = self._ep_log = self._ep_cursor = None
         self._snap_seq = self._snapshot = None
         self.segment.close()
 

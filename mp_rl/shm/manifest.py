@@ -18,8 +18,9 @@ import psutil
 from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
 from mp_rl.shm.ring import ReplayRing, RingSpec
-from mp_rl.shm.segment import PREFIX, SegmentError
-from mp_rl.shm.sync import RateLimit
+from mp_rl.shm.ringspec import numeric_dtype
+from mp_rl.shm.segment import PREFIX, Layout, SegmentError
+from mp_rl.shm.sync import RateLimit, RateLimitError
 
 MANIFEST = "manifest.json"
 
@@ -32,14 +33,23 @@ def segment_name(run_id: str, part: str) -> str:
     return f"{PREFIX}{re.sub(r'[^A-Za-z0-9_-]', '_', run_id)}.{part}"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+def write_private(path: Path, text: str | bytes) -> None:
+    """Write a file owner-only (0600) through a temporary file and a rename: readers never see half
+    a file, and no other user ever sees any of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
     os.replace(tmp, path)
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON owner-only and atomically (`write_private`)."""
+    write_private(path, json.dumps(data, indent=2) + "\n")
+
+
 def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """The manifest of a run folder, every field type-checked; AttachError (one line) otherwise."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AttachError(f"run folder {run_dir} does not exist")
@@ -48,11 +58,66 @@ def read_manifest(run_dir: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise AttachError(f"{run_dir} has no {MANIFEST}: not an mp_rl run folder, or the run never started") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AttachError(f"{path} is corrupt: {exc}") from None
-    if not isinstance(manifest, dict) or "segments" not in manifest:
-        raise AttachError(f"{path} is not an mp_rl manifest")
-    return manifest
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise AttachError(f"{path} cannot be read: {str(exc)[:120]}") from None
+    try:
+        return _checked(manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)[:160]
+        raise AttachError(f"{path} is damaged: {what}") from None
+
+
+def _checked(m: object) -> dict:
+    """Types of every field a reader relies on; layouts recomputed and compared with the recorded ones."""
+    _want(m, dict, "the manifest")
+    for key, kind in (("run_id", str), ("owner_pid", int), ("owner_started", (int, float)), ("owner_uid", int),
+                      ("info", dict), ("segments", dict)):  # fmt: skip
+        _want(m[key], kind, key)
+    seg, info = m["segments"], m["info"]
+    for part in ("ring", "board", "control"):
+        _want(seg[part], dict, f"segments.{part}")
+        _want(seg[part]["segment"], str, f"segments.{part}.segment")
+    spec = RingSpec.from_json(_want(seg["ring"]["spec"], dict, "segments.ring.spec"))
+    _rate_limit(seg["ring"]["limit"])
+    _same_layout(seg["ring"], spec.layout(), "ring")
+    _want(seg["board"]["numel"], int, "segments.board.numel")
+    _same_layout(seg["board"], WeightBoard.layout_for(seg["board"]["numel"]), "board")
+    members = _want(seg["control"]["max_members"], int, "segments.control.max_members")
+    if not 1 <= members <= 65536 or not 1 <= seg["board"]["numel"] <= 2**34:
+        raise ValueError("max_members or numel out of range")
+    env = _want(info.get("env", {}), dict, "info.env")
+    if env:
+        _want(env["n_actions"], int, "info.env.n_actions")
+        numeric_dtype(env["obs_dtype"])
+        if not all(isinstance(d, int) and d > 0 for d in _want(env["obs_shape"], list, "info.env.obs_shape")):
+            raise ValueError("info.env.obs_shape must be a list of positive integers")
+    _want(info.get("config", ""), str, "info.config")
+    return m
+
+
+def _want(value, kind, what: str):
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{what} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _rate_limit(d: object) -> RateLimit:
+    _want(d, dict, "segments.ring.limit")
+    for key in ("min_fill", "block", "max_batch"):
+        _want(d[key], int, f"segments.ring.limit.{key}")
+    _want(d["error_buffer"], (int, float), "segments.ring.limit.error_buffer")
+    if d["samples_per_insert"] is not None:
+        _want(d["samples_per_insert"], (int, float), "segments.ring.limit.samples_per_insert")
+    try:
+        return RateLimit(**d)
+    except (TypeError, RateLimitError) as exc:
+        raise ValueError(f"segments.ring.limit: {exc}") from None
+
+
+def _same_layout(entry: dict, expected: Layout, part: str) -> None:
+    """A layout is recomputed from the spec, never trusted: a mismatch means every offset would be wrong."""
+    if entry.get("layout") != expected.to_json():
+        raise ValueError(f"segments.{part}.layout does not match the layout its spec gives")
 
 
 def owner_alive(manifest: dict) -> bool:
@@ -74,6 +139,12 @@ class SharedRun:
     control: ControlBlock
     owner: bool
     info: dict = field(default_factory=dict)  # what else the run records (env spec, config path)
+    run_dir: Path | None = None  # the run folder, absolute: every path the run records resolves from it
+
+    @property
+    def config_path(self) -> Path:
+        """The run's config.yaml. Recorded relative to the run folder, so it resolves from any directory."""
+        return self.run_dir / self.info.get("config", "config.yaml")
 
     @classmethod
     def create(
@@ -88,7 +159,7 @@ class SharedRun:
             made.append(control)
             made.append(ReplayRing.create(segment_name(run_id, "ring"), spec, limit, capacity))
             made.append(WeightBoard.create(segment_name(run_id, "board"), numel))
-            run = cls(run_id, made[1], made[2], control, owner=True, info=info or {})
+            run = cls(run_id, made[1], made[2], control, owner=True, info=info or {}, run_dir=Path(run_dir).resolve())
             run.write_manifest(Path(run_dir))
             return run
         except BaseException:
@@ -116,21 +187,22 @@ class SharedRun:
     @classmethod
     def attach(cls, run_dir: str | os.PathLike) -> SharedRun:
         manifest = read_manifest(run_dir)
-        if int(manifest.get("owner_uid", -1)) != os.getuid():
-            raise AttachError(f"run {manifest.get('run_id')} belongs to another user")
+        if manifest["owner_uid"] != os.getuid():
+            raise AttachError(f"run {manifest['run_id']} belongs to another user")
         if not owner_alive(manifest):
-            raise AttachError(f"run {manifest.get('run_id')} has ended (its supervisor is gone)")
+            raise AttachError(f"run {manifest['run_id']} has ended (its supervisor is gone)")
         seg = manifest["segments"]
         made: list = []
         try:
             made.append(ReplayRing.from_manifest(seg["ring"]))
             made.append(WeightBoard.from_manifest(seg["board"]))
             made.append(ControlBlock.from_manifest(seg["control"]))
-        except (SegmentError, KeyError, RuntimeError) as exc:
+        except (SegmentError, KeyError, TypeError, ValueError) as exc:
             for part in made:
                 part.close()
-            raise AttachError(f"cannot attach to run {manifest.get('run_id')}: {exc}") from None
-        return cls(manifest["run_id"], *made, owner=False, info=manifest.get("info", {}))
+            raise AttachError(f"cannot attach to run {manifest['run_id']}: {exc}") from None
+        info = manifest["info"]
+        return cls(manifest["run_id"], *made, owner=False, info=info, run_dir=Path(run_dir).resolve())
 
     def close(self) -> None:
         """Unmap everything; the owner also unlinks every segment."""

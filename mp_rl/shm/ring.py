@@ -1,5 +1,8 @@
 """The shared-memory replay ring: structure-of-arrays rows, block writers, a lock-free sampler.
 
+Sequence numbers (seq) grow forever; the slot of seq is `seq % capacity_max` (see `ringmath`). The
+live window is `[max(cursor - capacity, trim), cursor)`.
+
 Write protocol (`RingWriter.write`), one block of up to `block` rows:
   1. reserve: `fetch_add(cursor, block)` -> first seq; the block's slots follow from seq.
   2. lease: CAS the block's lease word 0 -> writer token. Only a writer lapped by a full
@@ -11,86 +14,42 @@ Write protocol (`RingWriter.write`), one block of up to `block` rows:
 Sample protocol (`RingSampler.sample`): draw seqs in the live window, keep those whose stamp is
 exactly seq + 1, fence, gather rows with np.take into preallocated tensors, fence, re-read the
 stamps; a row whose stamp changed during the copy was being overwritten and is drawn again.
+Trim protocol (`ReplayRing.trim`): one trimmer at a time (a CAS on the trimmer word); each chunk
+behind the window is released only while the trimmer holds every lease in it; the trim mark moves
+up to the first chunk it could not take, so that chunk is revisited by the next trim.
+
+Per block a writer makes four ctypes calls (fetch-add, CAS, store, fetch-add) plus a wakeup; per
+batch the sampler makes one fetch-add and a wakeup. Every per-row operation is vectorised numpy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from mp_rl.shm import atomics, ringmath
-from mp_rl.shm.ringio import RingSampler, RingWriter
-from mp_rl.shm.segment import PAGE, Layout, Segment
+from mp_rl.shm.ringspec import FieldSpec, RingSpec, rows_like
+from mp_rl.shm.segment import Segment
 from mp_rl.shm.sync import RateLimit, Wakeup
 
-TRIM_TOKEN = -1
+__all__ = ["FieldSpec", "ReplayRing", "RingClosed", "RingSampler", "RingSpec", "RingWriter", "rows_like"]
+
+TRIM_TOKEN = -1  # the lease value of a block being released
+_DRAW_TRIES = 64
+_TALLIES = ("voided", "padding", "trims")  # rows voided, padding rows of partial blocks, trims done
+_WINDOW = ("capacity", "trim", "closed", "trimmer")  # words of the `window` array
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.shape, dtype=np.int64)))
-
-
-@dataclass(frozen=True)
-class RingSpec:
-    """What a ring stores: named per-row fields, the reserved maximum, the write block size."""
-
-    fields: tuple[FieldSpec, ...]
-    capacity_max: int
-    block: int = 64
-
-    @classmethod
-    def for_transitions(
-        cls, obs_shape, obs_dtype, capacity_max: int, block: int = 64, action_dtype="int64"
-    ) -> RingSpec:
-        """Rows for n-step DQN: obs, action, n-step return, discount (gamma^n, 0 at terminal), next obs."""
-        obs = (tuple(obs_shape), np.dtype(obs_dtype).str)
-        fields = (
-            FieldSpec("obs", *obs),
-            FieldSpec("action", (), np.dtype(action_dtype).str),
-            FieldSpec("reward", (), "<f4"),
-            FieldSpec("discount", (), "<f4"),
-            FieldSpec("next_obs", *obs),
-        )
-        return cls(fields, capacity_max, block)
-
-    @property
-    def chunk(self) -> int:
-        return ringmath.chunk_rows(self.block, [8] + [f.row_bytes for f in self.fields], PAGE)
-
-    def normalised(self) -> RingSpec:
-        cap = ringmath.round_capacity_max(self.capacity_max, self.chunk)
-        return RingSpec(self.fields, cap, self.block)
-
-    def layout(self) -> Layout:
-        cap = self.capacity_max
-        words = [(name, "<i8", (8,)) for name in ("cursor", "window", "inserts", "samples", "tally")]
-        wakes = [("wake_sample", "<i4", (16,)), ("wake_insert", "<i4", (16,))]
-        rows = [("stamps", "<i8", (cap,)), ("leases", "<i8", (cap // self.block,))]
-        data = [(f"f_{f.name}", f.dtype, (cap, *f.shape)) for f in self.fields]
-        return Layout.build(words + wakes + rows + data)
-
-    def to_json(self) -> dict:
-        fields = [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.fields]
-        return {"fields": fields, "capacity_max": self.capacity_max, "block": self.block}
-
-    @classmethod
-    def from_json(cls, d: dict) -> RingSpec:
-        fields = tuple(FieldSpec(f["name"], tuple(f["shape"]), f["dtype"]) for f in d["fields"])
-        return cls(fields, int(d["capacity_max"]), int(d["block"]))
+class RingClosed(RuntimeError):
+    """The ring was closed for shutdown while a caller waited."""
 
 
 class ReplayRing:
     """A ring in one shared segment. `create` owns it; `attach` joins from any process.
 
-    >>> from mp_rl.shm.ring import rows_like
     >>> spec = RingSpec.for_transitions((4,), "float32", capacity_max=4096)
     >>> ring = ReplayRing.create("mp_rl.doctest.ring", spec, RateLimit(None, 1, 0, 64, 32))
     >>> ring.writer(token=1).write(rows_like(spec, 64))
@@ -106,14 +65,12 @@ class ReplayRing:
         v = self.layout.views(segment.buf)
         self.stamps, self.leases = v["stamps"], v["leases"]
         self.fields = {f.name: v[f"f_{f.name}"] for f in spec.fields}
-        self._window, self._tally = v["window"], v["tally"]  # window: [capacity, trim, closed]
+        self._window, self._tally = v["window"], v["tally"]
         self._inserts, self._samples, self._cursor = v["inserts"], v["samples"], v["cursor"]
-        self.cursor_addr = atomics.address_of(v["cursor"])
-        self.trim_addr = atomics.address_of(v["window"], 1)
-        self.inserts_addr = atomics.address_of(v["inserts"])
-        self.samples_addr = atomics.address_of(v["samples"])
-        self.tally_addr = atomics.address_of(v["tally"])  # [voided rows, padding rows, trims]
-        self.lease_addr = atomics.address_of(self.leases)
+        self._addr = {name: atomics.address_of(v[name]) for name in ("cursor", "inserts", "samples", "tally")}
+        self._trim_addr = atomics.address_of(v["window"], _WINDOW.index("trim"))
+        self._trimmer_addr = atomics.address_of(v["window"], _WINDOW.index("trimmer"))
+        self._lease_addr = atomics.address_of(self.leases)
         self.sample_wakeup = Wakeup(atomics.address_of(v["wake_sample"]))
         self.insert_wakeup = Wakeup(atomics.address_of(v["wake_insert"]))
         self.chunk = spec.chunk
@@ -128,7 +85,7 @@ class ReplayRing:
 
     @classmethod
     def attach(cls, name: str, spec: RingSpec, limit: RateLimit) -> ReplayRing:
-        return cls(spec, limit, Segment.attach(name))
+        return cls(spec, limit, Segment.attach(name, spec.layout().size))
 
     def describe(self) -> dict:
         """The manifest entry another process needs to attach."""
@@ -141,13 +98,13 @@ class ReplayRing:
 
     def close_waiters(self) -> None:
         """Mark the ring closed and wake every sleeper (shutdown); waits then return at once."""
-        self._window[2] = 1
+        self._window[_WINDOW.index("closed")] = 1
         self.sample_wakeup.notify()
         self.insert_wakeup.notify()
 
     @property
     def closed(self) -> bool:
-        return bool(self._window[2])
+        return bool(self._window[_WINDOW.index("closed")])
 
     def close(self) -> None:
         self.stamps = self.leases = self.fields = None  # drop views so the mapping can go
@@ -159,11 +116,23 @@ class ReplayRing:
         self.close()
         self.segment.unlink()
 
-    # --- state --------------------------------------------------------------------------------
+    # --- counters and window ------------------------------------------------------------------
     # Aligned 8-byte loads are atomic on the architectures we run on; numpy reads them directly.
     @property
     def cursor(self) -> int:
         return int(self._cursor[0])
+
+    @property
+    def inserts(self) -> int:
+        return int(self._inserts[0])
+
+    @property
+    def samples(self) -> int:
+        return int(self._samples[0])
+
+    def tally(self, name: str, n: int) -> None:
+        """Count `n` rows (or events) under one of `voided`, `padding`, `trims`."""
+        atomics.fetch_add(self._addr["tally"] + 8 * _TALLIES.index(name), n)
 
     @property
     def capacity(self) -> int:
@@ -174,22 +143,19 @@ class ReplayRing:
         """Resize the live window (any process). Shrinking releases the memory behind it."""
         rows = int(min(max(rows, self.spec.block), self.spec.capacity_max))
         self._window[0] = rows
-        atomics.fence()
+        atomics.fence()  # the new capacity is visible before the trim that acts on it
         self.trim()
 
     @property
     def trim_mark(self) -> int:
-        return int(self._window[1])
+        return int(self._window[_WINDOW.index("trim")])
 
     def window(self) -> tuple[int, int]:
         return ringmath.window(self.cursor, self.capacity, self.trim_mark)
 
     def counts(self) -> dict[str, int]:
-        t = self._tally
-        return dict(
-            cursor=self.cursor, inserts=int(self._inserts[0]), samples=int(self._samples[0]),
-            voided=int(t[0]), padding=int(t[1]), trims=int(t[2]), capacity=self.capacity,
-        )  # fmt: skip
+        tallies = {name: int(self._tally[i]) for i, name in enumerate(_TALLIES)}
+        return dict(cursor=self.cursor, inserts=self.inserts, samples=self.samples, **tallies, capacity=self.capacity)
 
     def size(self) -> int:
         lo, hi = self.window()
@@ -201,28 +167,57 @@ class ReplayRing:
     def sampler(self, max_batch: int, pin_memory: bool = False, seed: int | None = None) -> RingSampler:
         return RingSampler(self, max_batch, pin_memory, seed)
 
-    # --- memory -------------------------------------------------------------------------------
-    def trim(self) -> int:
-        """Release the chunks behind the live window; return rows released. Safe from any process."""
-        cursor, capacity, old = self.cursor, self.capacity, self.trim_mark
-        new = ringmath.trim_target(cursor, capacity, self.chunk)
-        if new <= old or not atomics.compare_exchange(self.trim_addr, old, new)[0]:
-            return 0  # nothing to do, or another process claimed this range
-        released = 0
-        for seq0 in ringmath.chunks_to_release(old, new, cursor, self.spec.capacity_max, self.chunk):
-            released += self._release_chunk(seq0, new)
-        atomics.fetch_add(self.tally_addr + 16, 1)
-        return released
+    # --- leases -------------------------------------------------------------------------------
+    def _take_lease(self, block: int, token: int) -> bool:
+        return atomics.compare_exchange(self._lease_addr + 8 * block, 0, token)[0]
 
-    def _release_chunk(self, seq0: int, limit: int) -> int:
+    def _drop_lease(self, block: int) -> None:
+        atomics.store(self._lease_addr + 8 * block, 0)
+
+    def void_member(self, token: int) -> int:
+        """Free the leases (and a trim) a dead writer held; its rows were never stamped. Returns how many."""
+        held = np.flatnonzero(self.leases == token)
+        for b in held:
+            atomics.compare_exchange(self._lease_addr + 8 * int(b), token, 0)
+        atomics.compare_exchange(self._trimmer_addr, token, 0)
+        return len(held)
+
+    # --- memory -------------------------------------------------------------------------------
+    def trim(self, token: int = TRIM_TOKEN) -> int:
+        """Release the chunks behind the live window; return rows released. Safe from any process.
+
+        One trimmer at a time: another process already trimming makes this a no-op. The mark moves
+        only up to the first chunk whose leases were busy, so that chunk is released next time."""
+        if not atomics.compare_exchange(self._trimmer_addr, 0, token)[0]:
+            return 0
+        try:
+            cursor, old = self.cursor, self.trim_mark
+            new = ringmath.trim_target(cursor, self.capacity, self.chunk)
+            if new <= old:
+                return 0
+            released, mark = 0, new
+            for seq0 in ringmath.chunks_to_release(old, new, cursor, self.spec.capacity_max, self.chunk):
+                done = self._release_chunk(seq0, new)
+                if done is None:  # a writer is inside: come back to this chunk
+                    mark = seq0
+                    break
+                released += done
+            atomics.store(self._trim_addr, mark)
+            self.tally("trims", 1)
+            return released
+        finally:
+            atomics.store(self._trimmer_addr, 0)
+
+    def _release_chunk(self, seq0: int, limit: int) -> int | None:
+        """Rows released; 0 when the slots already hold newer rows; None when a lease was busy."""
         slot0 = ringmath.slot_of(seq0, self.spec.capacity_max)
         block = self.spec.block
         first, nblocks = slot0 // block, self.chunk // block
         claimed = 0
         try:
             for b in range(first, first + nblocks):
-                if not atomics.compare_exchange(self.lease_addr + 8 * b, 0, TRIM_TOKEN)[0]:
-                    return 0  # a writer is inside: leave this chunk for later
+                if not self._take_lease(b, TRIM_TOKEN):
+                    return None
                 claimed += 1
             # With every lease held no writer is inside; a stamp above `limit` is a fresh row.
             if int(self.stamps[slot0 : slot0 + self.chunk].max()) > limit:
@@ -234,16 +229,136 @@ class ReplayRing:
             return self.chunk
         finally:
             for b in range(first, first + claimed):
-                atomics.store(self.lease_addr + 8 * b, 0)
-
-    def void_member(self, token: int) -> int:
-        """Free the leases a dead writer held (its rows were never stamped); return how many."""
-        held = np.flatnonzero(self.leases == token)
-        for b in held:
-            atomics.compare_exchange(self.lease_addr + 8 * int(b), token, 0)
-        return len(held)
+                self._drop_lease(b)
 
 
-def rows_like(spec: RingSpec, n: int) -> dict[str, np.ndarray]:
-    """Zero rows shaped for `spec` (tests and examples)."""
-    return {f.name: np.zeros((n, *f.shape), dtype=f.dtype) for f in spec.fields}
+class RingWriter:
+    """Writes blocks of rows for one member; `token` (>= 1) marks the leases it holds."""
+
+    def __init__(self, ring: ReplayRing, token: int):
+        if token < 1:
+            raise ValueError("writer token must be >= 1")
+        self.ring, self.token = ring, token
+        self.block = ring.spec.block
+        self.last_seq = -1
+
+    def _may_insert(self, n: int) -> bool:
+        r = self.ring
+        return r.closed or r.limit.can_insert(r.inserts, r.samples, n)
+
+    def write(self, rows: Mapping[str, np.ndarray], timeout: float | None = None) -> bool:
+        """Write up to `block` rows. False when the rate limiter held us back for `timeout` seconds.
+
+        Returns True once the rows are in the ring, or voided and counted (the block's lease was
+        taken: this writer was lapped by a full capacity_max, or a trim was releasing the block).
+        """
+        r = self.ring
+        n = len(next(iter(rows.values())))
+        if not 0 < n <= self.block:
+            raise ValueError(f"a write takes 1..{self.block} rows, got {n}")
+        if not r.insert_wakeup.wait_for(lambda: self._may_insert(n), 3600.0 if timeout is None else timeout):
+            return False
+        if r.closed:
+            raise RingClosed("replay ring closed")
+        seq = atomics.fetch_add(r._addr["cursor"], self.block)
+        slot = ringmath.slot_of(seq, r.spec.capacity_max)
+        lease = slot // self.block
+        if not r._take_lease(lease, self.token):
+            r.tally("voided", n)
+            r.tally("padding", self.block - n)
+            self.last_seq = -1
+            return True
+        stamps = r.stamps[slot : slot + self.block]
+        stamps[:] = 0  # the old rows die before the new bytes land
+        atomics.fence(atomics.RELEASE)  # the zeroed stamps are visible before any new byte
+        for name, dst in r.fields.items():
+            dst[slot : slot + n] = rows[name]
+        atomics.fence(atomics.RELEASE)  # every byte of the rows is visible before its stamp
+        stamps[:n] = np.arange(seq + 1, seq + n + 1)
+        r._drop_lease(lease)
+        atomics.fetch_add(r._addr["inserts"], n)
+        if n < self.block:
+            r.tally("padding", self.block - n)
+        r.sample_wakeup.notify()
+        self.last_seq = seq
+        capacity = r.capacity
+        if r.cursor - capacity - r.trim_mark >= max(r.chunk, capacity // 8):  # release in eighths
+            r.trim(self.token)
+        return True
+
+
+class RingSampler:
+    """Draws batches into preallocated tensors (pinned when asked and CUDA is present).
+
+    The returned tensors are reused by the next `sample` call: copy or consume them first.
+    """
+
+    def __init__(self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None):
+        self.ring, self.max_batch = ring, max_batch
+        pin = pin_memory and torch.cuda.is_available()
+        self.out = {
+            name: torch.empty((max_batch, *arr.shape[1:]), dtype=torch.from_numpy(arr[:0]).dtype, pin_memory=pin)
+            for name, arr in ring.fields.items()
+        }
+        self._out_np = {name: t.numpy() for name, t in self.out.items()}
+        self.seqs = np.empty(max_batch, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+        self.redraws = 0
+
+    def _may_sample(self, m: int) -> bool:
+        r = self.ring
+        return r.closed or r.limit.can_sample(r.inserts, r.samples, m)
+
+    def sample(self, batch: int, timeout: float) -> dict[str, torch.Tensor] | None:
+        """A batch of complete rows from the live window, or None if none could be had in `timeout`."""
+        if not 0 < batch <= self.max_batch:
+            raise ValueError(f"batch must be 1..{self.max_batch}, got {batch}")
+        r = self.ring
+        deadline = time.monotonic() + timeout
+        while True:
+            if not r.sample_wakeup.wait_for(lambda: self._may_sample(batch), max(0.0, deadline - time.monotonic())):
+                return None
+            if r.closed:
+                raise RingClosed("replay ring closed")
+            if self._fill(batch):
+                break
+            if time.monotonic() >= deadline:
+                return None
+        atomics.fetch_add(r._addr["samples"], batch)
+        r.insert_wakeup.notify()
+        return {name: t[:batch] for name, t in self.out.items()}
+
+    def _draw(self, rows: np.ndarray) -> bool:
+        """Draw seqs for `rows` until each one's stamp says its slot holds exactly that seq."""
+        r, cap_max = self.ring, self.ring.spec.capacity_max
+        todo = rows
+        for _ in range(_DRAW_TRIES):
+            lo, hi = r.window()
+            if hi <= lo:
+                return False
+            self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
+            todo = todo[r.stamps[self.seqs[todo] % cap_max] != self.seqs[todo] + 1]
+            if len(todo) == 0:
+                return True
+            self.redraws += len(todo)
+        return False
+
+    def _fill(self, batch: int) -> bool:
+        r, cap_max = self.ring, self.ring.spec.capacity_max
+        todo = np.arange(batch)
+        for attempt in range(_DRAW_TRIES):
+            if not self._draw(todo):
+                return False
+            slots = self.seqs[todo] % cap_max
+            atomics.fence(atomics.ACQUIRE)  # the stamps are read before the rows they vouch for
+            for name, src in r.fields.items():
+                if attempt == 0:
+                    np.take(src, slots, axis=0, out=self._out_np[name][:batch])
+                else:
+                    self._out_np[name][todo] = src[slots]
+            atomics.fence(atomics.ACQUIRE)  # the rows are read before the stamps are checked again
+            todo = todo[r.stamps[slots] != self.seqs[todo] + 1]  # overwritten while we copied
+            if len(todo) == 0:
+                return True
+            self.redraws += len(todo)
+        return False

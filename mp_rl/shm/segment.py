@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = "/dev/shm"  # module-level so tests (and cleanup's --shm-dir) can point it elsewhere
 PREFIX = "mp_rl."
 PAGE = mmap.PAGESIZE
 _NAME_OK = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -105,10 +105,15 @@ class Segment:
             raise SegmentError(f"invalid segment name {name!r}")
         return os.path.join(SHM_DIR, name)
 
+    @staticmethod
+    def rounded(size: int) -> int:
+        """The size a segment made for `size` bytes has: whole pages, at least one."""
+        return max(PAGE, -(-size // PAGE) * PAGE)
+
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
         path = cls.path(name)
-        size = max(PAGE, -(-size // PAGE) * PAGE)
+        size = cls.rounded(size)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -125,18 +130,30 @@ class Segment:
             raise
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
+    def attach(cls, name: str, size: int | None = None) -> Segment:
+        """Map an existing segment; `size`, when given, is the size its layout needs (checked)."""
         path = cls.path(name)
         try:
-            fd = os.open(path, os.O_RDWR)
+            # O_NOFOLLOW: a symlink planted under the name is refused, not followed to some other file;
+            # O_NONBLOCK: a FIFO planted under the name cannot block the open (S_ISREG refuses it next).
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise SegmentError(f"segment {name} does not exist (the run has ended or never started)") from None
         except PermissionError:
             raise SegmentError(f"segment {name} belongs to another user") from None
+        except OSError as exc:  # ELOOP: a symlink
+            raise SegmentError(f"segment {name} cannot be opened: {exc.strerror}") from None
         st = os.fstat(fd)
-        if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            problem = "is not owner-only or belongs to another user"
+        elif size is not None and st.st_size != cls.rounded(size):
+            problem = f"holds {st.st_size:,} bytes but its layout makes {cls.rounded(size):,}"
+        if problem:
             os.close(fd)
-            raise SegmentError(f"segment {name} is not owner-only or belongs to another user; refusing to attach")
+            raise SegmentError(f"segment {name} {problem}; refusing to attach")
         return cls(name, fd, st.st_size, owner=False)
 
     def release(self, offset: int, length: int) -> None:

@@ -8,13 +8,12 @@ live run and never shows a half-written row.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 
 import numpy as np
 
+from mp_rl.cli import Parser, fail
 from mp_rl.shm import atomics
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.shm.ring import ReplayRing
@@ -95,7 +94,7 @@ def describe(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mp_rl.tools.inspect", description=__doc__.splitlines()[0])
+    ap = Parser(prog="mp_rl.tools.inspect", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--rows", type=int, default=5, help="newest rows to decode")
     ap.add_argument("--limit", type=int, default=None, help="read only the newest N rows of the window")
@@ -104,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shared = SharedRun.attach(args.run_dir)
     except AttachError as exc:
-        print(f"mp_rl.tools.inspect: {exc}", file=sys.stderr)
-        return 2
+        return fail("mp_rl.tools.inspect", exc)
     with shared:
         s = summary(shared, args.limit, args.rows)
     print(json.dumps(s) if args.json else describe(s))

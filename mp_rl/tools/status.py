@@ -8,61 +8,50 @@ plain text when not a TTY. It only reads the shared segments and the run folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import psutil
-
+from mp_rl.cli import Parser, fail
 from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
+from mp_rl.system.telemetry import ProcessCpu, Rates, weight_lag
 
 
 class View:
-    """Rates from two looks at the shared counters; per-member CPU from psutil."""
+    """Rates from two looks at the shared counters, per-member CPU and steps/s (`telemetry`)."""
 
     def __init__(self, shared: SharedRun, run_dir: Path):
         self.shared, self.run_dir = shared, Path(run_dir)
-        self.procs: dict[int, psutil.Process] = {}
-        self.last: tuple[float, dict, dict[int, int]] | None = None
-
-    def _cpu(self, pid: int) -> float | None:
-        try:
-            if pid not in self.procs:
-                self.procs[pid] = psutil.Process(pid)
-                self.procs[pid].cpu_percent(None)
-                return None
-            return round(self.procs[pid].cpu_percent(None), 1)
-        except psutil.Error:
-            return None
+        self.rates = Rates.of(shared)
+        self.cpu = ProcessCpu()
+        self.steps: dict[int, int] = {}
 
     def tick(self) -> dict:
-        control, ring, now = self.shared.control, self.shared.ring, time.monotonic()
-        counts = {**control.counters(), **ring.counts()}
+        control, ring = self.shared.control, self.shared.ring
+        delta, counts = self.rates.update(), self.rates.last
         members = control.live_members()
-        steps = {m["slot"]: m["steps"] for m in members}
-        dt = now - self.last[0] if self.last else 0.0
-        rate = {k: (counts[k] - self.last[1][k]) / dt if dt else None for k in ("env_steps", "inserts", "samples",
-                                                                                 "updates")}  # fmt: skip
         version = self.shared.board.version
         for m in members:
-            m["cpu_percent"] = self._cpu(m["pid"]) if m["pid"] else None
-            before = self.last[2].get(m["slot"]) if self.last else None
-            m["steps_per_s"] = round((m["steps"] - before) / dt, 1) if dt and before is not None else None
+            cpu = self.cpu(m["pid"])
+            m["cpu_percent"] = None if cpu is None else round(100 * cpu, 1)
+            before = self.steps.get(m["slot"])
+            dt = delta.dt
+            m["steps_per_s"] = round((m["steps"] - before) / dt, 1) if dt > 0 and before is not None else None
             m["weight_lag"] = version - m["weights"] if m["kind"] == "actor" else None
             m["heartbeat_age_s"] = round(m["heartbeat_age_s"], 2)
-        self.last = (now, counts, steps)
+        self.cpu.keep(m["pid"] for m in members)
+        self.steps = {m["slot"]: m["steps"] for m in members}
+        rates = delta.rates()
         snap = control.read_snapshot() or {}
-        actors = [m for m in members if m["kind"] == "actor"]
         return {
             "time": round(time.time(), 3), "run_id": self.shared.run_id, "members": members,
-            "replay": {"size": ring.size(), "capacity": ring.capacity, "inserts_per_s": _r(rate["inserts"]),
-                       "samples_per_s": _r(rate["samples"]), "voided": counts["voided"]},
-            "env_steps": counts["env_steps"], "env_steps_per_s": _r(rate["env_steps"]),
-            "learner": {"updates": counts["updates"], "updates_per_s": _r(rate["updates"]),
+            "replay": {"size": ring.size(), "capacity": ring.capacity, "inserts_per_s": rates["inserts_per_s"],
+                       "samples_per_s": rates["samples_per_s"], "voided": counts["voided"]},
+            "env_steps": counts["env_steps"], "env_steps_per_s": rates["env_steps_per_s"],
+            "learner": {"updates": counts["updates"], "updates_per_s": rates["updates_per_s"],
                         "batch_size": control.target("batch_size")},
-            "weight_version": version, "weight_lag": max((m["weight_lag"] for m in actors), default=0),
+            "weight_version": version, "weight_lag": weight_lag(version, members),
             "bottleneck": snap.get("bottleneck"), "decisions": self.decisions(3),
         }  # fmt: skip
 
@@ -72,10 +61,6 @@ class View:
             return []
         moves = [d for d in map(json.loads, path.read_text().splitlines()[-200:]) if d["kind"] == "move"]
         return [{k: d[k] for k in ("time", "knob", "old", "new", "rule")} for d in moves[-n:]]
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 def render(s: dict):
@@ -121,7 +106,7 @@ def text_lines(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mp_rl.tools.status", description=__doc__.splitlines()[0])
+    ap = Parser(prog="mp_rl.tools.status", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--json", action="store_true", help="one JSON line per tick")
     ap.add_argument("--interval", type=float, default=1.0)
@@ -131,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         shared = SharedRun.attach(args.run_dir)
         manifest = read_manifest(args.run_dir)
     except AttachError as exc:
-        print(f"mp_rl.tools.status: {exc}", file=sys.stderr)
-        return 2
+        return fail("mp_rl.tools.status", exc)
     live = None
     if sys.stdout.isatty() and not args.json:
         from rich.live import Live

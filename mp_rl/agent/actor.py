@@ -12,14 +12,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mp_rl.agent.envs import EnvSpec, make_vector_env
+from mp_rl.agent.models import build_q_network
+from mp_rl.agent.nstep import NStepBuilder
 from mp_rl.config import Config
-from mp_rl.envs import EnvSpec, make_vector_env
-from mp_rl.models import build_q_network
-from mp_rl.nstep import NStepBuilder
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
-from mp_rl.shm.ringio import RingClosed
+from mp_rl.shm.ring import RingClosed
 
 
 def ape_x_epsilon(index: int, count: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -29,6 +29,13 @@ def ape_x_epsilon(index: int, count: int, base: float = 0.4, alpha: float = 7.0)
     (0.4, 0.00066)
     """
     return base ** (1 + alpha * index / (count - 1)) if count > 1 else base
+
+
+RETIRE_GRACE_S = 5.0  # a retired actor held by the rate limiter waits this long to write its last block
+
+
+class Detached(Exception):
+    """The actor was told to go (retired, or its run is gone) while the rate limiter held it back."""
 
 
 class Actor:
@@ -55,6 +62,7 @@ class Actor:
         self.obs, _ = self.env.reset(seed=seed)
         self.builder.start(self.obs)
         self.on_blocked: Callable[[], object] | None = None
+        self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -104,16 +112,35 @@ class Actor:
         self.staged += b - a
 
     def _write(self, block: dict[str, np.ndarray]) -> None:
-        """One block into the ring, waiting (and counting the wait) while the rate limiter says no."""
+        """One block into the ring, waiting (and counting the wait) while the rate limiter says no.
+
+        While held back the actor is healthy, so it keeps beating. It stops waiting (`Detached`) when
+        the run stops, when `run_alive` says its run is gone (an attached actor whose supervisor was
+        SIGKILLed), or `RETIRE_GRACE_S` after it was retired (the block is dropped then: its rows were
+        never reserved, so nothing half-written is left)."""
         if self.writer.write(block, timeout=0.0):
             return  # the common case: no wait, nothing to count
-        t0 = time.monotonic_ns()
-        while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25):
-            if self.shared.control.stopping:
-                raise RingClosed("stopping")
-            if self.on_blocked is not None:  # serial mode: let the learner catch up instead of waiting
-                self.on_blocked()
-        self.shared.control.add("actor_blocked_ns", time.monotonic_ns() - t0)
+        control, t0 = self.shared.control, time.monotonic_ns()
+        next_check, give_up = time.monotonic() + 1.0, float("inf")
+        try:
+            while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25):
+                if control.stopping:
+                    raise RingClosed("stopping")
+                if self.on_blocked is not None:  # serial mode: let the learner catch up instead of waiting
+                    self.on_blocked()
+                now = time.monotonic()
+                if now < next_check:
+                    continue
+                next_check = now + 1.0  # about once a second: beat, and ask whether to go on
+                control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
+                if not self.run_alive():
+                    raise Detached("the run is gone")
+                if control.state(self.slot) != State.RUNNING:
+                    give_up = min(give_up, now + RETIRE_GRACE_S)
+                if now >= give_up:
+                    raise Detached("retired while held by the rate limiter")
+        finally:
+            control.add("actor_blocked_ns", time.monotonic_ns() - t0)
 
     def finish(self) -> None:
         """A retiring actor completes what it has: the known rows of the open chunk, the partial block."""
@@ -130,9 +157,11 @@ class Actor:
     def run(self, run_alive: Callable[[], bool] | None = None) -> None:
         """Act until the run stops or this actor is retired (then finish the block and leave).
 
-        `run_alive`, checked at each heartbeat, lets an actor attached by hand notice a supervisor
-        that died without setting the stop flag."""
+        `run_alive`, checked at each heartbeat and while held by the rate limiter, lets an actor
+        attached by hand notice a supervisor that died without setting the stop flag."""
         control, sync_every = self.shared.control, self.cfg.actors.sync_every
+        if run_alive is not None:
+            self.run_alive = run_alive
         since_sync = since_beat = 0
         reported = self.steps
         self.sync_weights()
@@ -148,11 +177,11 @@ class Actor:
                     control.add("env_steps", self.steps - reported)
                     control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
                     reported, since_beat = self.steps, 0
-                    if run_alive is not None and not run_alive():
+                    if not self.run_alive():
                         break
-            if control.state(self.slot) == State.RETIRING:  # complete what we have, then leave
+            if control.state(self.slot) == State.RETIRING and self.run_alive():  # complete what we have
                 self.finish()
-        except RingClosed:
+        except (RingClosed, Detached):
             pass
         control.add("env_steps", self.steps - reported)
 

@@ -10,9 +10,11 @@ import torch
 
 def save(path: Path, payload: dict) -> None:
     """Write `payload` (tensors, state dicts, plain containers) so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)  # it holds the model
+    with os.fdopen(fd, "wb") as f:
+        torch.save(payload, f)
     os.replace(tmp, path)
 
 

@@ -19,24 +19,44 @@ import psutil
 from setproctitle import setproctitle
 
 from mp_rl import hardware
-from mp_rl.config import Config, dump_config
-from mp_rl.evaluator import Evaluator
-from mp_rl.preflight import Plan
-from mp_rl.procs import actor_main, learner_main, monitor_main, title
-from mp_rl.shm.control import Kind
-from mp_rl.shm.manifest import SharedRun, write_json_atomic
-from mp_rl.status import Metrics, StatusOutput
-from mp_rl.tools.cleanup import remove_dead
+from mp_rl.agent.evaluation import Evaluator
+from mp_rl.config import dump_config
+from mp_rl.shm.control import Kind, State
+from mp_rl.shm.manifest import SharedRun, write_json_atomic, write_private
+from mp_rl.shm.reaper import remove_dead
+from mp_rl.start.preflight import Plan
+from mp_rl.system.progress import Metrics, StatusOutput
+from mp_rl.system.shells import ActorArgs, LearnerArgs, MonitorArgs, actor_main, learner_main, monitor_main, title
 
 log = logging.getLogger("mp_rl.supervisor")
 
+HEALTHY_S = 60.0  # a member up this long since its last start has its restart count forgiven
 
-def numel_for(cfg: Config, spec) -> int:
-    """Parameter count of the Q-network this config builds (the weight board's size)."""
-    from mp_rl.models import build_q_network
 
-    lc = cfg.learner
-    return sum(q.numel() for q in build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).parameters())
+def open_run(plan: Plan, run_dir: Path, counters: dict | None = None) -> SharedRun:
+    """The start every run shares, the supervisor's and serial mode's: the run folder's config and
+    hardware profile, the shared segments and manifest, counters restored, the plan's targets set."""
+    write_private(run_dir / "config.yaml", dump_config(plan.cfg))
+    write_json_atomic(run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
+    env = {"obs_shape": list(plan.spec.obs_shape), "obs_dtype": plan.spec.obs_dtype, "n_actions": plan.spec.n_actions}
+    info = {"env": env, "config": "config.yaml", "knobs": plan.knobs.to_json()}  # paths relative to the run folder
+    shared = SharedRun.create(
+        run_dir, run_dir.name, plan.ring, plan.limit, plan.numel, plan.max_members, plan.capacity, info
+    )
+    control = shared.control
+    for name in ("env_steps", "episodes", "updates"):
+        control.set_counter(name, int((counters or {}).get(name, 0)))
+    control.set_target("actors", plan.knobs.actors.start)
+    control.set_target("capacity", plan.knobs.capacity.start)
+    control.set_target("batch_size", plan.knobs.batch_size.start)
+    return shared
+
+
+def apply_capacity(shared: SharedRun) -> None:
+    """Move the ring's live capacity to the monitor's target (writers trim what falls out of the window)."""
+    capacity = shared.control.target("capacity")
+    if capacity and capacity != shared.ring.capacity:
+        shared.ring.capacity = capacity
 
 
 def _alive(pid: int) -> bool:
@@ -48,7 +68,7 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class Member:
-    kind: str
+    kind: Kind
     slot: int
     index: int
     process: mp.process.BaseProcess | None = None
@@ -56,6 +76,34 @@ class Member:
     restart_at: float | None = None
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"actor-{self.index}" if self.kind is Kind.ACTOR else self.kind.name.lower()
+
+
+def reap_attached(shared: SharedRun, ours: set[int], timeout: float, silent: set[int]) -> set[int]:
+    """Free the slots of attached actors whose process is gone (voiding their half-written blocks).
+
+    A silent one whose process lives keeps its slot: freeing it would let another member claim the
+    slot while the old process still writes with the slot's token and, on its way out, frees the new
+    occupant's slot. Returns the pids seen silent now (each is logged once)."""
+    control, seen = shared.control, set()
+    for m in control.live_members():
+        if not m["attached"] or m["slot"] in ours:
+            continue
+        if _alive(m["pid"]):
+            if m["heartbeat_age_s"] > timeout:
+                seen.add(m["pid"])
+                if m["pid"] not in silent:
+                    log.warning("attached actor in slot %d (pid %d) silent for %.0fs; it keeps its slot while its "
+                                "process lives", m["slot"], m["pid"], m["heartbeat_age_s"])  # fmt: skip
+            continue
+        voided = shared.ring.void_member(m["slot"] + 1)  # its half-written block is never stamped
+        control.leave(m["slot"])
+        log.warning("attached actor in slot %d (pid %d) is gone: slot freed, %d block(s) voided",
+                    m["slot"], m["pid"], voided)  # fmt: skip
+    return seen
 
 
 class Supervisor:
@@ -70,49 +118,34 @@ class Supervisor:
         self.shared: SharedRun | None = None
         self.metrics: Metrics | None = None  # set once the watch loop starts
         self.evaluator: Evaluator | None = None
+        self.silent: set[int] = set()  # pids of attached actors already reported silent
 
     # --- start --------------------------------------------------------------------------------
     def start(self) -> None:
         setproctitle(title(self.run_id, "supervisor"))
-        for run_id in remove_dead():
+        for run_id in remove_dead():  # never raises: a cleanup failure must not stop a start
             log.warning("removed the segments of dead run %s", run_id)
-        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        write_json_atomic(self.run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
-        p, numel = self.plan, self._numel()
-        env = {"obs_shape": list(p.spec.obs_shape), "obs_dtype": p.spec.obs_dtype, "n_actions": p.spec.n_actions}
-        info = {"env": env, "config": str(self.run_dir / "config.yaml")}
-        self.shared = SharedRun.create(
-            self.run_dir, self.run_id, p.ring, p.limit, numel, p.max_members, p.capacity, info
-        )
+        self.shared = open_run(self.plan, self.run_dir, self.counters)
         control = self.shared.control
-        for name in ("env_steps", "episodes", "updates"):
-            control.set_counter(name, int(self.counters.get(name, 0)))
-        control.set_target("actors", p.actors)
-        control.set_target("capacity", p.capacity)
-        lc = self.cfg.learner
-        control.set_target("batch_size", lc.initial_batch_size if lc.batch_size == "auto" else lc.batch_size)
-        self._spawn(Member("learner", control.claim(Kind.LEARNER, pid=0), 0))
-        for i in range(p.actors):
-            self._spawn(Member("actor", control.claim(Kind.ACTOR, pid=0, index=i), i))
+        self._spawn(Member(Kind.LEARNER, control.claim(Kind.LEARNER, pid=0), 0))
+        for i in range(self.plan.actors):
+            self._spawn(Member(Kind.ACTOR, control.claim(Kind.ACTOR, pid=0, index=i), i))
         if self.cfg.monitor.enabled:
-            self._spawn(Member("monitor", control.claim(Kind.MONITOR, pid=0), 0))
-
-    def _numel(self) -> int:
-        return numel_for(self.cfg, self.plan.spec)
+            self._spawn(Member(Kind.MONITOR, control.claim(Kind.MONITOR, pid=0), 0))
 
     def _spawn(self, m: Member) -> None:
-        cfg_json, me = self.cfg.model_dump(mode="json"), os.getpid()
-        if m.kind == "learner":
+        base = dict(run_dir=str(self.run_dir), cfg_json=self.cfg.model_dump(mode="json"), slot=m.slot,
+                    parent_pid=os.getpid())  # fmt: skip
+        knobs = self.plan.knobs.to_json()
+        if m.kind is Kind.LEARNER:
             resume = str(self.resume) if self.resume else None
-            args = (str(self.run_dir), cfg_json, m.slot, self.plan.actors, resume, me)
-            target = learner_main
-        elif m.kind == "monitor":
-            args, target = (str(self.run_dir), cfg_json, m.slot, me), monitor_main
+            target, args = learner_main, LearnerArgs(**base, knobs=knobs, resume=resume)
+        elif m.kind is Kind.MONITOR:
+            target, args = monitor_main, MonitorArgs(**base, knobs=knobs)
         else:
             seed = self.cfg.run.seed + 1000 * m.restarts + m.index
-            args = (str(self.run_dir), cfg_json, m.slot, m.index, self.plan.epsilons_for, seed, me)
-            target = actor_main
-        m.process = self.ctx.Process(target=target, args=args, name=f"{m.kind}-{m.index}")
+            target, args = actor_main, ActorArgs(**base, index=m.index, count=self.plan.epsilons_for, seed=seed)
+        m.process = self.ctx.Process(target=target, args=(args,), name=m.name)
         self.shared.control.heartbeat(m.slot)  # a fresh member gets a full timeout to start
         m.process.start()
         m.started, m.restart_at = time.monotonic(), None
@@ -144,6 +177,8 @@ class Supervisor:
         self.reason = self.reason or f"{signal.Signals(signum).name.lower()} received"
         if self.shared is not None:
             self.shared.control.request_stop()
+        if self.signals >= 2 and self.evaluator is not None:  # a second Ctrl-C: no evaluation holds the stop
+            self.evaluator.cancel.set()
 
     def _watch(self, out: StatusOutput) -> None:
         control, cfg = self.shared.control, self.cfg
@@ -180,18 +215,21 @@ class Supervisor:
                 if now >= m.restart_at:
                     self._spawn(m)
                 continue
-            hung = m.process.is_alive() and control.members[m.slot, 3] and self._age(m.slot) > timeout
-            if hung:
-                log.warning("%s-%d silent for %.0fs: killing it", m.kind, m.index, self._age(m.slot))
+            if m.restarts and now - m.started > max(HEALTHY_S, 2 * timeout):
+                log.info("%s healthy for %.0fs: its %d restart(s) are forgiven", m.name, now - m.started, m.restarts)
+                m.restarts = 0
+            age = control.heartbeat_age(m.slot)  # None once it has left its slot (retired)
+            if m.process.is_alive() and age is not None and age > timeout:
+                log.warning("%s silent for %.0fs: killing it", m.name, age)
                 m.process.kill()
                 m.process.join(5)
             if m.process.exitcode is None:
                 continue
             if m.retiring:  # asked to leave: it finished its block and released its slot
-                log.info("actor-%d retired (exit code %s)", m.index, m.process.exitcode)
+                log.info("%s retired (exit code %s)", m.name, m.process.exitcode)
                 self._retired(m)
                 continue
-            if m.kind == "learner":
+            if m.kind is Kind.LEARNER:
                 self.error = (
                     f"learner exited with code {m.process.exitcode} (traceback in {self.run_dir}/logs/learner.log)"
                 )
@@ -199,29 +237,20 @@ class Supervisor:
             self._schedule_restart(m)
 
     def _check_attached(self) -> None:
-        """Actors attached by hand are not ours to restart; a dead or silent one loses its slot."""
-        control, timeout = self.shared.control, self.cfg.run.heartbeat_timeout_s
-        for m in control.live_members():
-            if not m["attached"] or m["slot"] in self.members:
-                continue
-            if _alive(m["pid"]) and m["heartbeat_age_s"] <= timeout:
-                continue
-            voided = self.shared.ring.void_member(m["slot"] + 1)  # its half-written block is never stamped
-            control.leave(m["slot"])
-            log.warning("attached actor in slot %d (pid %d) is gone: slot freed, %d block(s) voided",
-                        m["slot"], m["pid"], voided)  # fmt: skip
+        """Actors attached by hand are not ours to restart or kill."""
+        self.silent |= reap_attached(self.shared, set(self.members), self.cfg.run.heartbeat_timeout_s, self.silent)
 
     def _reconcile(self) -> None:
         """Move toward the targets in the control block (the monitor writes them): actors, capacity."""
         control = self.shared.control
-        actors = sorted((m for m in self.members.values() if m.kind == "actor" and not m.retiring),
+        actors = sorted((m for m in self.members.values() if m.kind is Kind.ACTOR and not m.retiring),
                         key=lambda m: m.index)  # fmt: skip
         want = max(1, control.target("actors"))
         if len(actors) < want:
-            used = {m.index for m in self.members.values() if m.kind == "actor"}
+            used = {m.index for m in self.members.values() if m.kind is Kind.ACTOR}
             index = next(i for i in range(len(used) + 1) if i not in used)
             try:
-                self._spawn(Member("actor", control.claim(Kind.ACTOR, pid=0, index=index), index))
+                self._spawn(Member(Kind.ACTOR, control.claim(Kind.ACTOR, pid=0, index=index), index))
                 log.info("actor-%d started (target %d actors)", index, want)
             except RuntimeError as exc:  # every slot taken (attached actors): the target waits
                 log.warning("cannot add an actor: %s", exc)
@@ -232,23 +261,18 @@ class Supervisor:
             elif control.retire(m.slot):
                 m.retiring = True
                 log.info("actor-%d retiring (target %d actors)", m.index, want)
-        capacity = control.target("capacity")
-        if capacity and capacity != self.shared.ring.capacity:
-            self.shared.ring.capacity = capacity  # writers trim, and release, what falls out of the window
+        apply_capacity(self.shared)
 
     def _retired(self, m: Member) -> None:
         self.shared.ring.void_member(m.slot + 1)  # nothing half-written stays, even if it died retiring
-        if self.shared.control.state(m.slot).name != "FREE":
+        if self.shared.control.state(m.slot) is not State.FREE:
             self.shared.control.leave(m.slot)
         del self.members[m.slot]
-
-    def _age(self, slot: int) -> float:
-        return (time.monotonic_ns() - int(self.shared.control.members[slot, 3])) / 1e9
 
     def _schedule_restart(self, m: Member) -> None:
         self.shared.ring.void_member(m.slot + 1)  # leases its dead writer held
         m.restarts += 1
-        name = f"{m.kind}-{m.index}" if m.kind == "actor" else m.kind
+        name = m.name
         if m.restarts > self.cfg.run.max_restarts:
             self.error = f"{name} failed {m.restarts} times (see {self.run_dir}/logs/{name}.log)"
             return

@@ -7,21 +7,25 @@ hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published
 from __future__ import annotations
 
 import copy
+import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mp_rl import checkpoint
+from mp_rl.agent import checkpoint
+from mp_rl.agent.envs import EnvSpec
+from mp_rl.agent.models import build_q_network
+from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.config import Config
-from mp_rl.envs import EnvSpec
-from mp_rl.models import build_q_network
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
-from mp_rl.shm.ringio import RingClosed
+from mp_rl.shm.ring import RingClosed
+from mp_rl.start.preflight import Span
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,9 +101,10 @@ class Learner:
     """Trains on sampled batches and publishes weights to the board."""
 
     def __init__(
-        self, cfg: Config, shared: SharedRun, spec: EnvSpec, device: torch.device | None = None, seed: int = 0
-    ):
-        self.cfg, self.shared = cfg, shared
+        self, cfg: Config, shared: SharedRun, spec: EnvSpec, batch: Span, device: torch.device | None = None,
+        seed: int = 0,
+    ):  # fmt: skip
+        self.cfg, self.shared, self.batch = cfg, shared, batch
         self.device = device or pick_device(cfg.learner.device)
         lc = cfg.learner
         self.online = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).to(self.device)
@@ -111,18 +116,22 @@ class Learner:
             (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and lc.amp else None
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.max_batch = lc.max_batch_size if lc.batch_size == "auto" else lc.batch_size
+        self.max_batch = batch.hi
         self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed) if lc.prefetch else None
         self.sampler = None if lc.prefetch else shared.ring.sampler(self.max_batch, pin_memory=cuda, seed=seed)
         self.updates = 0
+        self.beat = 0.0  # when the last heartbeat went out
+        # In its own process: usable CPUs, so intra-op threads follow what the live actors leave.
+        self.fit_threads: Callable[[], int] | None = None
         if cuda:
             shared.board.pin()
 
     def batch_size(self) -> int:
-        if self.cfg.learner.batch_size != "auto":
-            return self.cfg.learner.batch_size
+        """The batch for the next update: the monitor's target within the plan's bounds."""
+        if not self.batch.auto:
+            return self.batch.start
         target = self.shared.control.target("batch_size")
-        return min(max(target or self.cfg.learner.initial_batch_size, 8), self.max_batch)
+        return min(max(target or self.batch.start, self.batch.lo), self.batch.hi)
 
     def next_batch(self, timeout: float) -> dict[str, torch.Tensor] | None:
         if self.prefetch is not None:
@@ -172,6 +181,49 @@ class Learner:
 
     def publish(self) -> int:
         return self.shared.board.publish(self.flat.detach())
+
+    def run(self, slot: int, folder: Path, log: logging.Logger | None = None) -> None:
+        """Train until stop: periodic checkpoints (two kept), heartbeats, the profiler; then `final.pt`.
+
+        The same loop serves the learner process and serial mode (`step_once` there)."""
+        control = self.shared.control
+        self.beat = 0.0
+        prof = self.profiler(folder.parent / "profile")
+        while not control.stopping:
+            self.step_and_keep(slot, folder, prof, timeout=0.25)
+        prof.close()
+        self.close()
+        self.save(folder / "final.pt")
+        if log is not None:
+            log.info("final checkpoint at update %d", self.updates)
+
+    def profiler(self, folder: Path) -> LearnerProfiler:
+        lc = self.cfg.logging
+        return LearnerProfiler(lc.torch_profile, folder, lc.torch_profile_schedule, cuda=self.device.type == "cuda")
+
+    def step_and_keep(self, slot: int, folder: Path, prof: LearnerProfiler | None, timeout: float) -> bool:
+        """One `step`, then what the loop owes the run: profiler tick, checkpoint cadence, heartbeat."""
+        trained = self.step(timeout)
+        if trained and prof is not None:
+            prof.step()
+        if trained and self.updates % self.cfg.logging.checkpoint_every == 0:
+            self.save(folder / f"update-{self.updates:09d}.pt")
+            for old in sorted(folder.glob("update-*.pt"))[:-2]:
+                old.unlink(missing_ok=True)
+        if time.monotonic() - self.beat > 0.5:
+            self.shared.control.heartbeat(slot, steps=self.updates, weights=self.shared.board.version)
+            self.beat = time.monotonic()
+            self._fit_threads()
+        return trained
+
+    def _fit_threads(self) -> None:
+        """Intra-op threads = the CPUs the live actors leave: more would only steal from them."""
+        if self.fit_threads is None:
+            return
+        actors = sum(m["kind"] == "actor" for m in self.shared.control.live_members())
+        want = max(1, self.fit_threads() - actors)
+        if want != torch.get_num_threads():
+            torch.set_num_threads(want)
 
     # --- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -48,4 +50,4 @@ def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[in
     """Nature CNN for (frames, 84, 84) observations, an MLP for flat vectors."""
     if len(obs_shape) == 3:
         return NatureCNN(obs_shape[0], n_actions, dueling)
-    return mlp_q(int(torch.tensor(obs_shape).prod()), n_actions, hidden, dueling)
+    return mlp_q(math.prod(obs_shape), n_actions, hidden, dueling)

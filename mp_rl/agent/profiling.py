@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
-log = logging.getLogger("mp_rl.learner")
+log = logging.getLogger("mp_rl.agent.learner")
 
 
 class LearnerProfiler:

@@ -11,49 +11,40 @@ from pathlib import Path
 import numpy as np
 
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.system.telemetry import Rates, weight_lag
 
 
 class Metrics:
-    """Turns two snapshots of the shared counters into rates; keeps recent episode returns."""
+    """Turns two looks at the shared counters into rates (`telemetry`); keeps recent episode returns."""
 
     def __init__(self, shared: SharedRun):
         self.shared = shared
         self.returns: deque[float] = deque(maxlen=100)
         self.episode_cursor = 0
-        self.last = self._counts()
-        self.last_time = time.monotonic()
-        self.started = self.last_time
-
-    def _counts(self) -> dict[str, int]:
-        ring = self.shared.ring.counts()
-        return {**self.shared.control.counters(), "inserts": ring["inserts"], "samples": ring["samples"]}
+        self.rates = Rates.of(shared)
+        self.started = time.monotonic()
 
     def snapshot(self) -> dict:
         rows, self.episode_cursor = self.shared.control.episodes_since(self.episode_cursor)
         self.returns.extend(rows[:, 0].tolist())
-        now, counts = time.monotonic(), self._counts()
-        dt = max(now - self.last_time, 1e-9)
-        rate = {k: (counts[k] - self.last[k]) / dt for k in ("env_steps", "updates", "samples", "inserts")}
-        waited = (counts["learner_wait_ns"] - self.last["learner_wait_ns"]) / 1e9 / dt
-        self.last, self.last_time = counts, now
+        delta, counts = self.rates.update(), self.rates.last
         members = self.shared.control.live_members()
         actors = [m for m in members if m["kind"] == "actor"]
-        version = self.shared.board.version
         ring = self.shared.ring
         return {
-            "time": round(now - self.started, 3),
+            "time": round(time.monotonic() - self.started, 3),
             "unix_time": round(time.time(), 3),
             **{k: counts[k] for k in ("env_steps", "updates", "episodes", "inserts", "samples")},
-            **{f"{k}_per_s": round(v, 1) for k, v in rate.items()},
+            **{k: v or 0.0 for k, v in delta.rates().items()},
             "return_mean": round(float(np.mean(self.returns)), 2) if self.returns else None,
             "replay_size": ring.size(),
             "replay_capacity": ring.capacity,
             "actors": len(actors),
             "batch_size": self.shared.control.target("batch_size"),
             "attached": sum(m["attached"] for m in actors),
-            "weight_version": version,
-            "weight_lag": max((version - m["weights"] for m in actors), default=0),
-            "learner_wait_frac": round(waited, 3),
+            "weight_version": self.shared.board.version,
+            "weight_lag": weight_lag(self.shared.board.version, members),
+            "learner_wait_frac": round(delta.fraction("learner_wait_ns") or 0.0, 3),
             **monitor_view(self.shared.control.read_snapshot()),
         }
 

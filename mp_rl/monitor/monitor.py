@@ -14,42 +14,38 @@ from pathlib import Path
 
 import numpy as np
 
-from mp_rl import resources
 from mp_rl.config import Config
 from mp_rl.monitor.policy import Knob, Policy, Thresholds
 from mp_rl.monitor.sources import MachineSource, PipelineSource
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.start.preflight import Knobs
 
 DECISIONS = "decisions.jsonl"
-CAPACITY_HI = 10_000_000
 
 
-def knobs_for(cfg: Config, shared: SharedRun, usable: int) -> dict[str, Knob]:
-    """The three knobs: `auto` ones are the monitor's within their bounds, numbers stay as they are."""
-    control, ring = shared.control, shared.ring
-    batch = control.target("batch_size") or 64
-    cap_hi = min(ring.spec.capacity_max, CAPACITY_HI)
+def knobs_for(knobs: Knobs, shared: SharedRun) -> dict[str, Knob]:
+    """The three knobs at their live values, within the bounds the plan resolved; fixed ones stay put."""
+    control, a, b, c = shared.control, knobs.actors, knobs.batch_size, knobs.capacity
     return {
-        "actors": Knob("actors", max(1, control.target("actors")), cfg.actors.count == "auto", 1,
-                       max(1, min(usable, cfg.actors.max_count)), step=max(1, usable // 4), min_step=1),
-        "batch_size": Knob("batch_size", batch, cfg.learner.batch_size == "auto", 8, cfg.learner.max_batch_size,
+        "actors": Knob("actors", max(1, control.target("actors")), a.auto, a.lo, a.hi,
+                       step=max(1, a.hi // 4), min_step=1),
+        "batch_size": Knob("batch_size", control.target("batch_size") or b.start, b.auto, b.lo, b.hi,
                            step=2.0, min_step=1.19),
-        "capacity": Knob("capacity", ring.capacity, cfg.replay.capacity == "auto",
-                         min(cfg.monitor.capacity_min, cap_hi), cap_hi, step=1.0, min_step=1.0),
+        "capacity": Knob("capacity", shared.ring.capacity, c.auto, c.lo, c.hi, step=1.0, min_step=1.0),
     }  # fmt: skip
 
 
 class Monitor:
-    def __init__(self, cfg: Config, shared: SharedRun, run_dir: Path, machine=None, pipeline=None):
+    def __init__(self, cfg: Config, shared: SharedRun, run_dir: Path, knobs: Knobs, machine=None, pipeline=None):
         mc = cfg.monitor
         self.cfg, self.shared, self.run_dir = cfg, shared, Path(run_dir)
         self.machine = machine or MachineSource()
         self.pipeline = pipeline or PipelineSource(shared)
         self.history: deque[dict] = deque(maxlen=max(10, int(mc.history_s / mc.interval_s)))
-        self.usable = resources.usable_cpus()
+        self.knobs = knobs
         t = Thresholds(mc.bottleneck, mc.potential, mc.headroom, mc.starved, mc.blocked, mc.hysteresis, mc.worse)
         settle = max(2 * mc.window_s, min(mc.cooldown_s, 10.0))
-        self.policy = Policy(knobs_for(cfg, shared, self.usable), mc.cooldown_s, settle, t)
+        self.policy = Policy(knobs_for(knobs, shared), mc.cooldown_s, settle, t)
         self.row_bytes = sum(f.row_bytes for f in shared.ring.spec.fields) + 8
         self.decisions = open(self.run_dir / DECISIONS, "a", buffering=1)  # noqa: SIM115 (closed in close())
         self.next_decide = 0.0
@@ -88,7 +84,7 @@ class Monitor:
             self.next_decide = now + self.cfg.monitor.decide_every_s
             knobs = self.policy.knobs
             knobs["actors"].value = max(1, self.shared.control.target("actors"))  # what the supervisor works toward
-            knobs["actors"].hi = max(1, min(self.usable, self.cfg.actors.max_count) - snap["attached"])
+            knobs["actors"].hi = max(1, self.knobs.actors.hi - snap["attached"])
             records = self.policy.decide(self.window(now), now - self.started)
             for rec in records:
                 rec["unix_time"] = round(time.time(), 3)

@@ -1,0 +1,1 @@
+"""The agent: actor and learner objects, Q-networks, n-step rows, environments, checkpoints, evaluation."""

@@ -1,0 +1,118 @@
+"""Greedy evaluation: `greedy_returns` plays episodes with the argmax policy; `Evaluator` runs it on the
+newest published weights in a supervisor thread and keeps `best.pt`."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mp_rl.agent import checkpoint
+from mp_rl.agent.envs import EnvSpec, make_vector_env
+from mp_rl.agent.models import build_q_network
+from mp_rl.config import Config, EnvConfig
+from mp_rl.shm.board import flatten_parameters
+from mp_rl.shm.manifest import SharedRun
+
+
+class Cancelled(Exception):
+    """An evaluation was cut short (a second Ctrl-C): it has no result."""
+
+
+def greedy_returns(
+    policy: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, max_steps: int = 100_000,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> np.ndarray:  # fmt: skip
+    """Returns of `episodes` greedy episodes (each env copy runs exactly one). Raises `Cancelled`
+    as soon as `cancelled()` says so (checked every step)."""
+    env = make_vector_env(env_cfg, seed, num_envs=episodes)
+    try:
+        obs, _ = env.reset(seed=seed)
+        returns = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        for _ in range(max_steps):
+            if cancelled():
+                raise Cancelled
+            with torch.inference_mode():
+                actions = policy(torch.as_tensor(obs)).argmax(dim=1).numpy()
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            returns[running] += reward[running]
+            running &= ~(terminated | truncated)
+            if not running.any():
+                break
+        return returns
+    finally:
+        env.close()
+
+
+class Evaluator:
+    """`maybe_start()` from the watch loop; `final()` once the learner has stopped."""
+
+    def __init__(self, cfg: Config, spec: EnvSpec, shared: SharedRun, run_dir: Path):
+        self.cfg, self.shared, self.run_dir = cfg, shared, run_dir
+        lc = cfg.learner
+        self.policy = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling)
+        self.flat = flatten_parameters(self.policy)
+        self.last: float | None = None
+        self.best = -math.inf
+        self.thread: threading.Thread | None = None
+        self.next_at = time.monotonic() + cfg.eval.every_s
+        self.lock = threading.Lock()  # one evaluation at a time owns the policy copy
+        self.cancel = threading.Event()  # set by a second Ctrl-C: stop evaluating now
+
+    def _evaluate(self) -> tuple[float, int]:
+        with self.lock:
+            version = self.shared.board.read_into(self.flat, 0)
+            ec, seed = self.cfg.eval, self.cfg.run.seed + 10_000
+            returns = greedy_returns(
+                self.policy, self.cfg.env, ec.episodes, seed, ec.max_episode_steps, self.cancel.is_set
+            )
+            return float(np.mean(returns)), version
+
+    def _run(self) -> None:
+        try:
+            mean, version = self._evaluate()
+        except Cancelled:
+            return
+        self.last = mean
+        if mean > self.best:
+            self.best = mean
+            checkpoint.save(self.run_dir / "checkpoints" / "best.pt", {
+                "model": self.policy.state_dict(), "eval_return": mean, "weight_version": version,
+                "counters": self.shared.control.counters(), "config": self.cfg.model_dump(mode="json"),
+            })  # fmt: skip
+        self.next_at = time.monotonic() + self.cfg.eval.every_s
+
+    def maybe_start(self) -> None:
+        busy = self.thread is not None and self.thread.is_alive()
+        if busy or time.monotonic() < self.next_at or self.shared.board.version == 0:
+            return
+        self.thread = threading.Thread(target=self._run, name="evaluator", daemon=True)
+        self.thread.start()
+
+    def reached_target(self) -> bool:
+        target = self.cfg.run.target_return
+        return target is not None and self.last is not None and self.last >= target
+
+    def describe(self) -> str:
+        return "" if self.last is None else f"eval {self.last:.1f} (best {self.best:.1f})"
+
+    def final(self, timeout: float = 600.0) -> dict | None:
+        """Evaluate the newest weights once more, after the learner has stopped. None when there are
+        none yet, or when `cancel` is set (a second Ctrl-C) before or during it."""
+        if self.thread is not None:  # the periodic one in flight: let it finish or be cancelled
+            self.thread.join(timeout)
+        if self.shared.board.version == 0 or self.cancel.is_set():
+            return None
+        try:
+            mean, version = self._evaluate()
+        except Cancelled:
+            return None
+        return {"eval_return_mean": mean, "eval_episodes": self.cfg.eval.episodes, "weight_version": version,
+                "best_eval_return": max(self.best, mean), **self.shared.control.counters()}  # fmt: skip

@@ -1,0 +1,32 @@
+"""What every entry point says on bad input: one line naming the problem, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+
+
+def one_line(text: object, limit: int = 400) -> str:
+    """`text` as one printable line: control characters escaped (a key typed with a CR in it cannot
+    split the message), cut at `limit` characters.
+
+    >>> one_line("bad key 'a\\rb'")
+    "bad key 'a\\\\rb'"
+    """
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def fail(prog: str, problem: object) -> int:
+    """Print `prog: problem` as one line on stderr; return the usage exit code."""
+    print(f"{prog}: {one_line(problem)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line and exit code 2, not the usage block."""
+
+    def error(self, message: str) -> None:
+        raise SystemExit(fail(self.prog, message))

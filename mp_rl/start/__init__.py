@@ -1,0 +1,1 @@
+"""The start: what the machine allows (resources) and the plan a run is checked and sized by (preflight)."""

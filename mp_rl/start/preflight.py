@@ -1,0 +1,197 @@
+"""Everything checked before a run creates anything: the env, what fits the machine, the run folder.
+
+Requests beyond the machine are clamped with a warning (actors to usable CPUs); a replay that cannot
+fit in available memory is refused with the figure it needs. Bad input raises `StartError`, whose
+message is the one line the CLI prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mp_rl.agent.envs import EnvError, EnvSpec, probe
+from mp_rl.agent.models import build_q_network
+from mp_rl.config import Config
+from mp_rl.shm.ring import RingSpec
+from mp_rl.shm.sync import RateLimit, RateLimitError
+from mp_rl.start import resources
+
+
+class StartError(ValueError):
+    """Bad input found before anything started; str() is one line."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One knob, resolved: where it starts and the bounds it may move in (`auto`: the monitor moves it)."""
+
+    start: int
+    lo: int
+    hi: int
+    auto: bool
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every `auto` knob of a config, answered once here and passed down as numbers."""
+
+    actors: Span
+    batch_size: Span
+    capacity: Span
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Knobs:
+        return cls(**{name: Span(**span) for name, span in d.items()})
+
+
+@dataclass
+class Plan:
+    """What a run will create, decided before it creates anything."""
+
+    cfg: Config
+    spec: EnvSpec
+    ring: RingSpec
+    limit: RateLimit
+    knobs: Knobs
+    max_members: int
+    numel: int  # parameters of the Q-network: the weight board's size
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> int:
+        """Ape-X epsilon schedule size: the most actors this run may have, so an actor keeps its
+        epsilon when others come and go."""
+        return self.knobs.actors.hi
+
+    @property
+    def actors(self) -> int:
+        return self.knobs.actors.start
+
+    @property
+    def capacity(self) -> int:
+        return self.knobs.capacity.start
+
+    @property
+    def epsilons_for(self) -> int:
+        return max(self.schedule, self.actors)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _actors(cfg: Config, warnings: list[str]) -> Span:
+    cpus = resources.usable_cpus()
+    fits = max(1, cpus - 1)  # one CPU for the learner
+    auto = cfg.actors.count == "auto"
+    wanted = (cfg.actors.initial or fits) if auto else cfg.actors.count
+    start = min(wanted, fits, cfg.actors.max_count)
+    if auto:
+        warnings.append(
+            f"actors.count auto: starting {start} actor(s) on {cpus} usable CPUs (one kept for the learner)"
+        )
+    elif start < cfg.actors.count:
+        warnings.append(f"actors.count {cfg.actors.count} clamped to {start}: {cpus} usable CPUs (affinity/cgroup)")
+    return Span(start, 1, max(1, min(cpus, cfg.actors.max_count)) if auto else start, auto)
+
+
+def _batch(cfg: Config) -> Span:
+    lc = cfg.learner
+    if lc.batch_size == "auto":
+        return Span(min(lc.initial_batch_size, lc.max_batch_size), 8, lc.max_batch_size, True)
+    return Span(lc.batch_size, lc.batch_size, lc.batch_size, False)
+
+
+def _capacity(cfg: Config, ring: RingSpec, row: int, warnings: list[str]) -> Span:
+    rc, avail, hi = cfg.replay, resources.available_memory(), ring.capacity_max
+    if rc.capacity != "auto":
+        return Span(rc.capacity, rc.capacity, rc.capacity, False)
+    lo = min(cfg.monitor.capacity_min, hi)
+    # Start at what a quarter of available memory holds (or as asked); the monitor moves it.
+    start = int(min(hi, max(lo, rc.initial_capacity or avail // 4 // row)))
+    warnings.append(f"replay.capacity auto: starting at {start:,} rows ({_gib(start * row)})")
+    return Span(start, lo, hi, True)
+
+
+def rate_limit(cfg: Config, batch: Span) -> RateLimit:
+    """The replay rate limiter the config asks for; StartError when it could deadlock."""
+    r, spi = cfg.replay, cfg.replay.samples_per_insert
+    floor = (cfg.actors.block * (spi or 0) + batch.hi) / 2
+    buffer = r.error_buffer if r.error_buffer is not None else 4 * floor
+    try:
+        return RateLimit(spi, r.min_fill, buffer, cfg.actors.block, batch.hi)
+    except RateLimitError as exc:
+        raise StartError(f"replay.error_buffer: {exc}") from None
+
+
+def plan(cfg: Config) -> Plan:
+    if cfg.learner.device == "cuda" and not torch.cuda.is_available():
+        raise StartError("learner.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    try:
+        spec = probe(cfg.env)
+    except EnvError as exc:
+        raise StartError(str(exc)) from None
+    try:  # a network that cannot take the observation, or a size torch refuses, is one line here
+        numel = numel_for(cfg, spec)
+    except (RuntimeError, ValueError) as exc:
+        raise StartError(f"learner: cannot build the Q-network for {spec.obs_shape}: {str(exc)[:160]}") from None
+    # Online, target, gradients, Adam's two moments and the board's two slots: 7 float32 copies.
+    avail = resources.available_memory()
+    if 7 * 4 * numel > 0.9 * avail:
+        raise StartError(f"learner.hidden: a network of {numel:,} parameters needs {_gib(28 * numel)} for the "
+                         f"learner and weight board, more than {_gib(avail)} available")  # fmt: skip
+    warnings: list[str] = []
+    ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, cfg.replay.capacity_max, cfg.actors.block)
+    ring = ring.normalised()
+    row = sum(f.row_bytes for f in ring.fields) + 8
+    knobs = Knobs(_actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, row, warnings))
+    need = knobs.capacity.start * row
+    if need > 0.9 * avail:
+        raise StartError(
+            f"replay.capacity {knobs.capacity.start:,} rows x {row:,} B = {_gib(need)} does not fit in "
+            f"{_gib(avail)} of available memory"
+        )
+    if ring.capacity_max * row > avail:
+        warnings.append(
+            f"replay.capacity_max would need {_gib(ring.capacity_max * row)}; capacity will stay within RAM"
+        )
+    return Plan(cfg, spec, ring, rate_limit(cfg, knobs.batch_size), knobs, cfg.actors.max_count + 8, numel, warnings)
+
+
+def numel_for(cfg: Config, spec: EnvSpec) -> int:
+    """Parameter count of the Q-network this config builds (the weight board's size)."""
+    lc = cfg.learner
+    with torch.device("meta"):  # shapes only: a network too large for memory is counted, not allocated
+        net = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling)
+    return sum(q.numel() for q in net.parameters())
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """runs/<timestamp>-<name>, made unique and owner-only (it holds the model); created only once
+    every check has passed. StartError when it cannot be made."""
+    root = Path(cfg.run.runs_dir)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.run.name}"
+    path, i = root / base, 1
+    try:
+        while path.exists():
+            i += 1
+            path = root / f"{base}-{i}"
+        root.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except OSError as exc:
+        raise StartError(f"run.runs_dir {root}: cannot create a run folder there ({exc.strerror})") from None
+    path.chmod(0o700)  # mkdir's mode is cut by the umask; say it outright
+    for sub in ("logs", "checkpoints"):
+        (path / sub).mkdir(mode=0o700)
+    return path.resolve()
