@@ -1,6 +1,6 @@
 """The actor: a vector env, a CPU copy of the policy, Ape-X epsilon, n-step rows written in blocks.
 
-`Actor` is a plain object (one process can run it, a test can step it); `procs.actor_main` is the
+`Actor` is a plain object (one process can run it, a test can step it); `system.shells.actor_main` is the
 process shell around it.
 """
 

@@ -1,7 +1,7 @@
 """The learner: Double DQN (optional dueling head), n-step targets, Huber loss, Adam, gradient clipping,
 hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published every K updates.
 
-`Learner` is a plain object; `procs.learner_main` is the process shell around it.
+`Learner` is a plain object; `system.shells.learner_main` is the process shell around it; `Learner.run` is its loop.
 """
 
 from __future__ import annotations
