@@ -42,6 +42,7 @@ def queue_writer(q, per_put: int, start, stop) -> None:
     start.wait()
     while not stop.is_set():
         q.put(single if per_put == 1 else rows)
+    q.cancel_join_thread()  # what is still buffered is not counted anyway: exit now, not after a 30 s join
 
 
 def locked_writer(name: str, lock, start, stop, out) -> None:

@@ -11,40 +11,33 @@ Write protocol (`RingWriter.write`), one block of up to `block` rows:
   3. zero the block's stamps, fence, copy the fields (one memcpy per field), fence, then stamp
      each row with seq + 1. The stamp comes *after* the data so a stamped row is a complete row.
   4. release the lease, count the inserts, wake the sampler.
-Sample protocol (`RingSampler.sample`): draw seqs in the live window, keep those whose stamp is
-exactly seq + 1, fence, gather rows with np.take into preallocated tensors, fence, re-read the
-stamps; a row whose stamp changed during the copy was being overwritten and is drawn again.
+The sample protocol, the reader's side of these stamps, is written beside its code in `sampler.py`.
 Trim protocol (`ReplayRing.trim`): one trimmer at a time (a CAS on the trimmer word); each chunk
 behind the window is released only while the trimmer holds every lease in it; the trim mark moves
 up to the first chunk it could not take, so that chunk is revisited by the next trim.
 
-Per block a writer makes four ctypes calls (fetch-add, CAS, store, fetch-add) plus a wakeup; per
-batch the sampler makes one fetch-add and a wakeup. Every per-row operation is vectorised numpy.
+Per block a writer makes four ctypes calls (fetch-add, CAS, store, fetch-add) plus a wakeup. Every
+per-row operation is vectorised numpy.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from mp_rl.shm import atomics, ringmath
-from mp_rl.shm.ringspec import FieldSpec, RingSpec, rows_like
+from mp_rl.shm.ringspec import FieldSpec, RingClosed, RingSpec, rows_like
+from mp_rl.shm.sampler import RingSampler
 from mp_rl.shm.segment import Segment
 from mp_rl.shm.sync import RateLimit, Wakeup
 
 __all__ = ["FieldSpec", "ReplayRing", "RingClosed", "RingSampler", "RingSpec", "RingWriter", "rows_like"]
 
-TRIM_TOKEN = -1  # the lease value of a block being released
-_DRAW_TRIES = 64
-_TALLIES = ("voided", "padding", "trims")  # rows voided, padding rows of partial blocks, trims done
 _WINDOW = ("capacity", "trim", "closed", "trimmer")  # words of the `window` array
 
-
-class RingClosed(RuntimeError):
-    """The ring was closed for shutdown while a caller waited."""
+TRIM_TOKEN = -1  # the lease value of a block being released
+_TALLIES = ("voided", "padding", "trims")  # rows voided, padding rows of partial blocks, trims done
 
 
 class ReplayRing:
@@ -130,6 +123,10 @@ class ReplayRing:
     def samples(self) -> int:
         return int(self._samples[0])
 
+    def add(self, name: str, n: int) -> None:
+        """Add to `inserts` or `samples`: only the writer and the sampler do."""
+        atomics.fetch_add(self._addr[name], n)
+
     def tally(self, name: str, n: int) -> None:
         """Count `n` rows (or events) under one of `voided`, `padding`, `trims`."""
         atomics.fetch_add(self._addr["tally"] + 8 * _TALLIES.index(name), n)
@@ -168,6 +165,10 @@ class ReplayRing:
         return RingSampler(self, max_batch, pin_memory, seed)
 
     # --- leases -------------------------------------------------------------------------------
+    def _reserve(self, rows: int) -> int:
+        """Take the next `rows` seqs for one writer: one fetch-add; the first seq taken."""
+        return atomics.fetch_add(self._addr["cursor"], rows)
+
     def _take_lease(self, block: int, token: int) -> bool:
         return atomics.compare_exchange(self._lease_addr + 8 * block, 0, token)[0]
 
@@ -260,7 +261,7 @@ class RingWriter:
             return False
         if r.closed:
             raise RingClosed("replay ring closed")
-        seq = atomics.fetch_add(r._addr["cursor"], self.block)
+        seq = r._reserve(self.block)
         slot = ringmath.slot_of(seq, r.spec.capacity_max)
         lease = slot // self.block
         if not r._take_lease(lease, self.token):
@@ -276,7 +277,7 @@ class RingWriter:
         atomics.fence(atomics.RELEASE)  # every byte of the rows is visible before its stamp
         stamps[:n] = np.arange(seq + 1, seq + n + 1)
         r._drop_lease(lease)
-        atomics.fetch_add(r._addr["inserts"], n)
+        r.add("inserts", n)
         if n < self.block:
             r.tally("padding", self.block - n)
         r.sample_wakeup.notify()
@@ -285,80 +286,3 @@ class RingWriter:
         if r.cursor - capacity - r.trim_mark >= max(r.chunk, capacity // 8):  # release in eighths
             r.trim(self.token)
         return True
-
-
-class RingSampler:
-    """Draws batches into preallocated tensors (pinned when asked and CUDA is present).
-
-    The returned tensors are reused by the next `sample` call: copy or consume them first.
-    """
-
-    def __init__(self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None):
-        self.ring, self.max_batch = ring, max_batch
-        pin = pin_memory and torch.cuda.is_available()
-        self.out = {
-            name: torch.empty((max_batch, *arr.shape[1:]), dtype=torch.from_numpy(arr[:0]).dtype, pin_memory=pin)
-            for name, arr in ring.fields.items()
-        }
-        self._out_np = {name: t.numpy() for name, t in self.out.items()}
-        self.seqs = np.empty(max_batch, dtype=np.int64)
-        self.rng = np.random.default_rng(seed)
-        self.redraws = 0
-
-    def _may_sample(self, m: int) -> bool:
-        r = self.ring
-        return r.closed or r.limit.can_sample(r.inserts, r.samples, m)
-
-    def sample(self, batch: int, timeout: float) -> dict[str, torch.Tensor] | None:
-        """A batch of complete rows from the live window, or None if none could be had in `timeout`."""
-        if not 0 < batch <= self.max_batch:
-            raise ValueError(f"batch must be 1..{self.max_batch}, got {batch}")
-        r = self.ring
-        deadline = time.monotonic() + timeout
-        while True:
-            if not r.sample_wakeup.wait_for(lambda: self._may_sample(batch), max(0.0, deadline - time.monotonic())):
-                return None
-            if r.closed:
-                raise RingClosed("replay ring closed")
-            if self._fill(batch):
-                break
-            if time.monotonic() >= deadline:
-                return None
-        atomics.fetch_add(r._addr["samples"], batch)
-        r.insert_wakeup.notify()
-        return {name: t[:batch] for name, t in self.out.items()}
-
-    def _draw(self, rows: np.ndarray) -> bool:
-        """Draw seqs for `rows` until each one's stamp says its slot holds exactly that seq."""
-        r, cap_max = self.ring, self.ring.spec.capacity_max
-        todo = rows
-        for _ in range(_DRAW_TRIES):
-            lo, hi = r.window()
-            if hi <= lo:
-                return False
-            self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
-            todo = todo[r.stamps[self.seqs[todo] % cap_max] != self.seqs[todo] + 1]
-            if len(todo) == 0:
-                return True
-            self.redraws += len(todo)
-        return False
-
-    def _fill(self, batch: int) -> bool:
-        r, cap_max = self.ring, self.ring.spec.capacity_max
-        todo = np.arange(batch)
-        for attempt in range(_DRAW_TRIES):
-            if not self._draw(todo):
-                return False
-            slots = self.seqs[todo] % cap_max
-            atomics.fence(atomics.ACQUIRE)  # the stamps are read before the rows they vouch for
-            for name, src in r.fields.items():
-                if attempt == 0:
-                    np.take(src, slots, axis=0, out=self._out_np[name][:batch])
-                else:
-                    self._out_np[name][todo] = src[slots]
-            atomics.fence(atomics.ACQUIRE)  # the rows are read before the stamps are checked again
-            todo = todo[r.stamps[slots] != self.seqs[todo] + 1]  # overwritten while we copied
-            if len(todo) == 0:
-                return True
-            self.redraws += len(todo)
-        return False

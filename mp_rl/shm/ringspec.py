@@ -1,4 +1,5 @@
-"""What a replay ring stores: its fields, the reserved maximum, the write block; and the segment layout."""
+"""What a replay ring stores (fields, reserved maximum, write block), its segment layout, and the error its
+waiters get when it closes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import numpy as np
 
 from mp_rl.shm import ringmath
 from mp_rl.shm.segment import PAGE, Layout
+
+
+class RingClosed(RuntimeError):
+    """The ring was closed for shutdown while a caller waited."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from mp_rl.agent.learner import Learner
 from mp_rl.monitor.monitor import Monitor
 from mp_rl.shm.control import Kind
 from mp_rl.start.preflight import Plan
-from mp_rl.system.supervisor import apply_capacity, open_run
+from mp_rl.system.launch import apply_capacity, open_run
 
 
 class SerialRun:

@@ -1,0 +1,102 @@
+"""The learner's side of the replay ring: `RingSampler` draws batches of complete rows, lock-free.
+
+Sample protocol (`RingSampler.sample`): draw seqs in the live window, keep those whose stamp is
+exactly seq + 1, fence, gather rows with np.take into preallocated tensors, fence, re-read the
+stamps; a row whose stamp changed during the copy was being overwritten and is drawn again. The
+writer stamps a row only after its bytes (`ring.py`), and zeroes the stamps before overwriting,
+so a row that passes both stamp reads is whole and is the row its seq names. Per batch the
+sampler makes one fetch-add and a wakeup; every per-row operation is vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mp_rl.shm import atomics
+from mp_rl.shm.ringspec import RingClosed
+
+if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs it at run time
+    from mp_rl.shm.ring import ReplayRing
+
+_DRAW_TRIES = 64
+
+
+class RingSampler:
+    """Draws batches into preallocated tensors (pinned when asked and CUDA is present).
+
+    The returned tensors are reused by the next `sample` call: copy or consume them first.
+    """
+
+    def __init__(self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None):
+        self.ring, self.max_batch = ring, max_batch
+        pin = pin_memory and torch.cuda.is_available()
+        self.out = {
+            name: torch.empty((max_batch, *arr.shape[1:]), dtype=torch.from_numpy(arr[:0]).dtype, pin_memory=pin)
+            for name, arr in ring.fields.items()
+        }
+        self._out_np = {name: t.numpy() for name, t in self.out.items()}
+        self.seqs = np.empty(max_batch, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+        self.redraws = 0
+
+    def _may_sample(self, m: int) -> bool:
+        r = self.ring
+        return r.closed or r.limit.can_sample(r.inserts, r.samples, m)
+
+    def sample(self, batch: int, timeout: float) -> dict[str, torch.Tensor] | None:
+        """A batch of complete rows from the live window, or None if none could be had in `timeout`."""
+        if not 0 < batch <= self.max_batch:
+            raise ValueError(f"batch must be 1..{self.max_batch}, got {batch}")
+        r = self.ring
+        deadline = time.monotonic() + timeout
+        while True:
+            if not r.sample_wakeup.wait_for(lambda: self._may_sample(batch), max(0.0, deadline - time.monotonic())):
+                return None
+            if r.closed:
+                raise RingClosed("replay ring closed")
+            if self._fill(batch):
+                break
+            if time.monotonic() >= deadline:
+                return None
+        r.add("samples", batch)
+        r.insert_wakeup.notify()
+        return {name: t[:batch] for name, t in self.out.items()}
+
+    def _draw(self, rows: np.ndarray) -> bool:
+        """Draw seqs for `rows` until each one's stamp says its slot holds exactly that seq."""
+        r, cap_max = self.ring, self.ring.spec.capacity_max
+        todo = rows
+        for _ in range(_DRAW_TRIES):
+            lo, hi = r.window()
+            if hi <= lo:
+                return False
+            self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
+            todo = todo[r.stamps[self.seqs[todo] % cap_max] != self.seqs[todo] + 1]
+            if len(todo) == 0:
+                return True
+            self.redraws += len(todo)
+        return False
+
+    def _fill(self, batch: int) -> bool:
+        r, cap_max = self.ring, self.ring.spec.capacity_max
+        todo = np.arange(batch)
+        for attempt in range(_DRAW_TRIES):
+            if not self._draw(todo):
+                return False
+            slots = self.seqs[todo] % cap_max
+            atomics.fence(atomics.ACQUIRE)  # the stamps are read before the rows they vouch for
+            for name, src in r.fields.items():
+                if attempt == 0:
+                    np.take(src, slots, axis=0, out=self._out_np[name][:batch])
+                else:
+                    self._out_np[name][todo] = src[slots]
+            atomics.fence(atomics.ACQUIRE)  # the rows are read before the stamps are checked again
+            todo = todo[r.stamps[slots] != self.seqs[todo] + 1]  # overwritten while we copied
+            if len(todo) == 0:
+                return True
+            self.redraws += len(todo)
+        return False
