@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from system_helpers import wait_for
 
 from mp_rl.agent.actor import RETIRE_GRACE_S, Actor
 from mp_rl.agent.evaluation import Cancelled, greedy_returns
@@ -232,3 +233,17 @@ def test_an_evaluation_in_progress_stops_when_cancelled():
     with pytest.raises(Cancelled):
         greedy_returns(policy, cfg.env, 4, seed=0, max_steps=10**6, cancelled=lambda: next(calls) >= 3)
     assert np.isfinite(greedy_returns(policy, cfg.env, 2, seed=0, max_steps=5)).all()
+
+
+@pytest.mark.timeout(120)
+def test_the_real_system_never_kills_an_actor_held_by_the_rate_limiter(live):
+    """The review's case: a replay ratio the learner cannot reach holds the actor for good."""
+    run = live("--config", "configs/smoke.yaml", "run.heartbeat_timeout_s=3", "replay.samples_per_insert=3000",
+               "run.total_env_steps=100000000", "run.wall_time_s=600")  # fmt: skip
+    run.wait_members({"learner", "actor-0"})
+    wait_for(lambda: run.metrics() and run.metrics()[-1]["updates"] > 0, 60, "the learner training")
+    time.sleep(8)  # well past the heartbeat timeout, held all along
+    log = (run.run_dir / "logs" / "supervisor.log").read_text()
+    assert "silent" not in log and "restart" not in log, log
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
