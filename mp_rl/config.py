@@ -195,9 +195,17 @@ _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 4
 _BRANCHES = ("int", "float", "literal['auto']", "function-after[_count_range()]")
 
 
+def _where(err: dict) -> tuple:
+    """The key an error is about: pydantic's location without its union-branch tags (`int`, `float`),
+    except for the last part of an unknown key, which is what the user typed (it may be `int`)."""
+    loc = err["loc"]
+    keep_last = err["type"] == "extra_forbidden"
+    return tuple(p for i, p in enumerate(loc) if p not in _BRANCHES or (keep_last and i == len(loc) - 1))
+
+
 def _one_line(exc: ValidationError) -> str:
     errors = exc.errors()
-    locs = [tuple(p for p in e["loc"] if p not in _BRANCHES) for e in errors]
+    locs = [_where(e) for e in errors]
     err, loc = errors[0], locs[0]
     key = ".".join(str(p) for p in loc) or "config"
     others = len(set(locs)) - 1

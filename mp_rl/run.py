@@ -52,7 +52,8 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
         if not isinstance(state, dict) or not isinstance(state.get("counters"), dict) or "model" not in state:
             raise ValueError("not an mp_rl checkpoint")
     except Exception as exc:  # torch raises many kinds on a damaged file; every one is bad input here
-        raise StartError(f"--resume {run_dir}: checkpoint {ckpt.name} cannot be read ({str(exc)[:100]})") from None
+        why = f"{type(exc).__name__}: {str(exc)[:100]}"
+        raise StartError(f"--resume {run_dir}: checkpoint {ckpt.name} cannot be read, damaged? ({why})") from None
     return run_dir / "config.yaml", ckpt, state
 
 

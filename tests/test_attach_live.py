@@ -37,6 +37,15 @@ def attached(run) -> dict:
     return {k: p for k, p in run.members().items() if k.endswith("(attached)")}
 
 
+def joined(run, proc: subprocess.Popen, n: int) -> dict:
+    """The attached actors once `n` are up; an attach that exits first fails the test with what it said."""
+    got = attached(run)
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        raise AssertionError(f"mp_rl.attach exited {proc.returncode}: {err or out}")
+    return got if len(got) == n else None
+
+
 def running_attached(shared: SharedRun) -> list[dict]:
     return [m for m in shared.control.live_members() if m["attached"] and m["state"] == "running"]
 
@@ -67,7 +76,7 @@ def test_two_attached_actors_write_show_up_and_detach_without_losing_a_transitio
     run.wait_members({"learner", "actor-0"})
     wait_for(lambda: run.metrics() and run.metrics()[-1]["env_steps"] > 0, 60, "the run stepping")
     proc = attach(run.run_dir, "--actors", "2")
-    procs = wait_for(lambda: attached(run) if len(attached(run)) == 2 else None, 60, "two attached actors")
+    procs = wait_for(lambda: joined(run, proc, 2), 60, "two attached actors")
     pids = {p.pid for p in procs.values()}
     assert all(re.fullmatch(r"actor-\d+ \(attached\)", k) for k in procs)
     wait_for(lambda: run.metrics()[-1].get("attached") == 2, 30, "the status line counting them")
