@@ -46,6 +46,7 @@ def test_config_objects_are_frozen():
         (["replay.gamma=1.5"], "replay.gamma: Input should be less than or equal to 1"),
         (["learner.device=tpu"], "learner.device: Input should be 'auto', 'cpu' or 'cuda'"),
         (["learner"], "override 'learner': expected key.sub=value"),
+        (["int=1"], "int: unknown key"),  # found by the property test: a key named like a union branch
         (["learner.lr.x=1"], "learner.lr: Input should be a valid number (got {'x': 1})"),
     ],
 )  # fmt: skip
