@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from mp_rl.shm.manifest import private_file
 
 
 def save(path: Path, payload: dict) -> None:
     """Write `payload` (tensors, state dicts, plain containers) so a reader never sees half a file."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)  # it holds the model
-    with os.fdopen(fd, "wb") as f:
+    with private_file(path) as f:  # owner-only: it holds the model
         torch.save(payload, f)
-    os.replace(tmp, path)
 
 
 def load(path: Path) -> dict:

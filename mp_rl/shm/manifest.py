@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -33,14 +36,25 @@ def segment_name(run_id: str, part: str) -> str:
     return f"{PREFIX}{re.sub(r'[^A-Za-z0-9_-]', '_', run_id)}.{part}"
 
 
-def write_private(path: Path, text: str | bytes) -> None:
-    """Write a file owner-only (0600) through a temporary file and a rename: readers never see half
-    a file, and no other user ever sees any of it."""
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file written owner-only (0600) through a temporary file and a rename: readers never
+    see half a file, and no other user ever sees any of it. Nothing is left if the writer raises."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_private(path: Path, text: str | bytes) -> None:
+    """Write a whole file through `private_file`."""
+    with private_file(path) as f:
         f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
