@@ -95,6 +95,13 @@ class ReplayConfig(_Section):
     error_buffer: float | None = Field(
         None, gt=0, description="Rate limiter slack in samples (null: 4x the deadlock-free minimum)."
     )
+    prioritized: bool = Field(False, description="Prioritized replay (Schaul et al.): draw rows by TD error.")
+    alpha: float = Field(0.6, ge=0, le=1, description="Prioritized: how much priorities count (0: uniform).")
+    beta0: float = Field(0.4, ge=0, le=1, description="Prioritized: importance-weight exponent at the start.")
+    beta_steps: int = Field(
+        100_000, ge=1, le=10**12, description="Prioritized: updates over which beta anneals linearly to 1."
+    )
+    priority_eps: float = Field(1e-6, gt=0, le=1, description="Prioritized: added to |TD error|, so none is 0.")
     n_step: int = Field(3, ge=1, le=100, description="Steps in the n-step return.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mp_rl.agent.evaluation import greedy_returns
 from mp_rl.config import load_config
@@ -12,11 +13,13 @@ from mp_rl.system.serial import SerialRun
 RANDOM_CARTPOLE = 22.0  # mean return of a uniform random policy on CartPole-v1
 
 
-def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path):
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path, prioritized):
     cfg = load_config(
         "configs/cartpole.yaml",
-        [f"run.runs_dir={tmp_path}", "run.total_env_steps=30000", "replay.min_fill=1000", "learner.device=cpu"],
-    )
+        [f"run.runs_dir={tmp_path}", "run.total_env_steps=30000", "replay.min_fill=1000", "learner.device=cpu",
+         f"replay.prioritized={prioritized}"],
+    )  # fmt: skip
     p = plan(cfg)
     with SerialRun(p, new_run_dir(cfg)) as run:
         steps = run.train(max_seconds=120)

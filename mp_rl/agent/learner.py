@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mp_rl.agent import checkpoint
 from mp_rl.agent.envs import EnvSpec
 from mp_rl.agent.models import build_q_network
+from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
@@ -42,10 +43,12 @@ class Prefetcher:
     runs on its own stream and the learner's stream waits on its event.
     """
 
-    def __init__(self, shared: SharedRun, max_batch: int, device: torch.device, batch_size, seed: int):
+    def __init__(
+        self, shared: SharedRun, max_batch: int, device: torch.device, batch_size, seed: int, priorities=None
+    ):  # fmt: skip
         self.ring, self.device, self.batch_size = shared.ring, device, batch_size
         pin = device.type == "cuda"
-        self.samplers = [shared.ring.sampler(max_batch, pin_memory=pin, seed=seed + i) for i in range(3)]
+        self.samplers = [shared.ring.sampler(max_batch, pin, seed + i, priorities) for i in range(3)]
         self.stream = torch.cuda.Stream(device) if pin else None
         self.handoff: queue.Queue = queue.Queue(maxsize=1)
         self.stopped = threading.Event()
@@ -117,8 +120,16 @@ class Learner:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.max_batch = batch.hi
-        self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed) if lc.prefetch else None
-        self.sampler = None if lc.prefetch else shared.ring.sampler(self.max_batch, pin_memory=cuda, seed=seed)
+        rc = cfg.replay
+        self.priorities = (
+            Priorities(shared.ring, rc.alpha, rc.beta0, rc.beta_steps, rc.priority_eps) if rc.prioritized else None
+        )
+        if lc.prefetch:
+            self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed, self.priorities)
+            self.sampler = None
+        else:
+            self.prefetch = None
+            self.sampler = shared.ring.sampler(self.max_batch, cuda, seed, self.priorities)
         self.updates = 0
         self.beat = 0.0  # when the last heartbeat went out
         # In its own process: usable CPUs, so intra-op threads follow what the live actors leave.
@@ -139,17 +150,20 @@ class Learner:
         batch = self.sampler.sample(self.batch_size(), timeout=timeout)
         return None if batch is None else {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss (importance-weighted when prioritized) and each row's TD error."""
         q = self.online(b["obs"]).gather(1, b["action"].long().unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             best = self.online(b["next_obs"]).argmax(dim=1, keepdim=True)  # Double DQN: online picks,
             next_q = self.target(b["next_obs"]).gather(1, best).squeeze(1)  # target evaluates
             y = b["reward"] + b["discount"] * next_q.float()
-        return F.smooth_l1_loss(q.float(), y)
+        per_row = F.smooth_l1_loss(q.float(), y, reduction="none")
+        loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
+        return loss, (y - q.float()).detach()
 
     def update(self, batch: dict[str, torch.Tensor]) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.loss(batch)
+            loss, td = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -164,6 +178,8 @@ class Learner:
         else:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), lc.tau)
+        if self.priorities is not None:  # the TD errors come back to the host: the priorities live there
+            self.priorities.update(batch["seq"].cpu().numpy(), td.float().cpu().numpy())
         return float(loss.detach())
 
     def step(self, timeout: float = 0.25) -> bool:

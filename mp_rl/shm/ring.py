@@ -28,7 +28,7 @@ import numpy as np
 
 from mp_rl.shm import atomics, ringmath
 from mp_rl.shm.ringspec import FieldSpec, RingClosed, RingSpec, rows_like
-from mp_rl.shm.sampler import RingSampler
+from mp_rl.shm.sampler import Prioritized, RingSampler
 from mp_rl.shm.segment import Segment
 from mp_rl.shm.sync import RateLimit, Wakeup
 
@@ -161,8 +161,10 @@ class ReplayRing:
     def writer(self, token: int) -> RingWriter:
         return RingWriter(self, token)
 
-    def sampler(self, max_batch: int, pin_memory: bool = False, seed: int | None = None) -> RingSampler:
-        return RingSampler(self, max_batch, pin_memory, seed)
+    def sampler(
+        self, max_batch: int, pin_memory: bool = False, seed: int | None = None, priorities: Prioritized | None = None
+    ) -> RingSampler:
+        return RingSampler(self, max_batch, pin_memory, seed, priorities)
 
     # --- leases -------------------------------------------------------------------------------
     def _reserve(self, rows: int) -> int:

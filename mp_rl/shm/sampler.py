@@ -11,7 +11,7 @@ sampler makes one fetch-add and a wakeup; every per-row operation is vectorised 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +22,15 @@ from mp_rl.shm.ringspec import RingClosed
 if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs it at run time
     from mp_rl.shm.ring import ReplayRing
 
+
+class Prioritized(Protocol):
+    """How a prioritized sampler draws (the learner's `agent.priorities.Priorities`)."""
+
+    def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray: ...
+    def void(self, seqs: np.ndarray) -> None: ...
+    def weights(self, seqs: np.ndarray) -> np.ndarray: ...
+
+
 _DRAW_TRIES = 64
 
 
@@ -31,13 +40,19 @@ class RingSampler:
     The returned tensors are reused by the next `sample` call: copy or consume them first.
     """
 
-    def __init__(self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None):
-        self.ring, self.max_batch = ring, max_batch
+    def __init__(
+        self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None,
+        priorities: Prioritized | None = None,
+    ):  # fmt: skip
+        self.ring, self.max_batch, self.priorities = ring, max_batch, priorities
         pin = pin_memory and torch.cuda.is_available()
         self.out = {
             name: torch.empty((max_batch, *arr.shape[1:]), dtype=torch.from_numpy(arr[:0]).dtype, pin_memory=pin)
             for name, arr in ring.fields.items()
         }
+        if priorities is not None:  # each row's importance weight, and its seq for the priority update
+            self.out["weight"] = torch.empty(max_batch, dtype=torch.float32, pin_memory=pin)
+            self.out["seq"] = torch.empty(max_batch, dtype=torch.int64, pin_memory=pin)
         self._out_np = {name: t.numpy() for name, t in self.out.items()}
         self.seqs = np.empty(max_batch, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
@@ -64,6 +79,9 @@ class RingSampler:
                 return None
         r.add("samples", batch)
         r.insert_wakeup.notify()
+        if self.priorities is not None:
+            self._out_np["weight"][:batch] = self.priorities.weights(self.seqs[:batch])
+            self._out_np["seq"][:batch] = self.seqs[:batch]
         return {name: t[:batch] for name, t in self.out.items()}
 
     def _draw(self, rows: np.ndarray) -> bool:
@@ -74,10 +92,15 @@ class RingSampler:
             lo, hi = r.window()
             if hi <= lo:
                 return False
-            self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
+            if self.priorities is None:
+                self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
+            else:
+                self.seqs[todo] = self.priorities.draw(lo, hi, len(todo), self.rng)
             todo = todo[r.stamps[self.seqs[todo] % cap_max] != self.seqs[todo] + 1]
             if len(todo) == 0:
                 return True
+            if self.priorities is not None:  # their priorities belonged to rows that are gone
+                self.priorities.void(self.seqs[todo])
             self.redraws += len(todo)
         return False
 
@@ -98,5 +121,7 @@ class RingSampler:
             todo = todo[r.stamps[slots] != self.seqs[todo] + 1]  # overwritten while we copied
             if len(todo) == 0:
                 return True
+            if self.priorities is not None:
+                self.priorities.void(self.seqs[todo])
             self.redraws += len(todo)
         return False
