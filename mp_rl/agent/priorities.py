@@ -51,7 +51,9 @@ class SumTree:
             return
         self.tree[idx] = values
         while idx[0] > 1:
-            idx = np.unique(idx >> 1)
+            # No unique(): a parent listed twice is written twice with the same sum (its children are
+            # final for this level), which is cheaper than sorting the indices on every level.
+            idx = idx >> 1
             self.tree[idx] = self.tree[2 * idx] + self.tree[2 * idx + 1]
 
     def find(self, mass: np.ndarray) -> np.ndarray:
