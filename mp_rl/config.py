@@ -102,6 +102,9 @@ class ReplayConfig(_Section):
         100_000, ge=1, le=10**12, description="Prioritized: updates over which beta anneals linearly to 1."
     )
     priority_eps: float = Field(1e-6, gt=0, le=1, description="Prioritized: added to |TD error|, so none is 0.")
+    frames_once: bool = Field(
+        True, description="Store each frame of stacked observations once (about 1/7 of the memory for Atari)."
+    )
     n_step: int = Field(3, ge=1, le=100, description="Steps in the n-step return.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
 

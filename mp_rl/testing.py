@@ -36,6 +36,52 @@ def make_rows(writer: int, k0: int, n: int) -> dict[str, np.ndarray]:
     }
 
 
+def frame_spec(capacity_max: int, block: int = 64) -> RingSpec:
+    """Frame rows of 4-frame stacks, 3-step rows, tiny int32 frames: for stress tests."""
+    return RingSpec.for_frames((OBS,), "int32", 4, 3, capacity_max, block, action_dtype="int64")
+
+
+def _frame(writer, k0, p) -> np.ndarray:
+    """Frame `p` of the block that `writer` wrote starting at its row `k0`: it names all three."""
+    return np.stack(np.broadcast_arrays(writer, k0, p, (k0 * 7 + writer * 13 + p) % 1009), axis=-1).astype(np.int32)
+
+
+def _frame_pos(k, i) -> np.ndarray:
+    """Row i (row k of its writer) of a block: horizons of 1..3 and episode starts that cut some stacks."""
+    o = i + 3
+    return np.stack([o, o + 1 + k % 3, np.maximum(o - k % 4, 0)], axis=-1)
+
+
+def make_frame_block(writer: int, k0: int, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`n` frame rows and their block's frames, a pure function of (writer, k0): see `check_frame_rows`."""
+    i = np.arange(n)
+    k = k0 + i
+    rows = {"action": k * 1000 + writer, "reward": i.astype(np.float32), "discount": np.full(n, 0.99, np.float32),
+            "pos": _frame_pos(k, i).astype(np.int16)}  # fmt: skip
+    return rows, _frame(writer, k0, np.arange(n + 6))
+
+
+def check_frame_rows(batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """Boolean mask of rebuilt rows whose every frame is the one its row's (writer, k) put there."""
+    action = batch["action"].numpy()
+    writer, k, i = action % 1000, action // 1000, batch["reward"].numpy().astype(np.int64)
+    o, x, s = _frame_pos(k, i).T
+    back = np.arange(-3, 1)
+    want_obs = _frame(writer[:, None], (k - i)[:, None], np.maximum(o[:, None] + back, s[:, None]))
+    want_next = _frame(writer[:, None], (k - i)[:, None], np.maximum(x[:, None] + back, s[:, None]))
+    ok = (batch["obs"].numpy() == want_obs).all(axis=(1, 2)) & (batch["next_obs"].numpy() == want_next).all(axis=(1, 2))
+    return ok & (batch["discount"].numpy() == np.float32(0.99))
+
+
+def row_ids(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(writer, k) of each row of a batch of either kind of checksummed rows."""
+    if batch["obs"].ndim == 3:  # frame rows
+        action = np.asarray(batch["action"])
+        return action % 1000, action // 1000
+    obs = np.asarray(batch["obs"])
+    return obs[:, 0].astype(np.int64), obs[:, 1].astype(np.int64)
+
+
 def check_rows(batch: dict[str, torch.Tensor]) -> np.ndarray:
     """Boolean mask of rows whose fields all agree with one (writer, k)."""
     obs = batch["obs"].numpy()
@@ -54,7 +100,8 @@ def writer_proc(entry: dict, writer: int, blocks: int, sizes: list[int], out) ->
     records, k = [], 0
     for b in range(blocks):
         n = sizes[b % len(sizes)]
-        while not w.write(make_rows(writer, k, n), timeout=1.0):
+        rows, frames = make_frame_block(writer, k, n) if ring.frames is not None else (make_rows(writer, k, n), None)
+        while not w.write(rows, timeout=1.0, frames=frames):
             pass
         records.append((w.last_seq, k, n))
         k += n
@@ -66,6 +113,7 @@ def sampler_proc(entry: dict, batch: int, stop_after: float, out, check_limit: b
     """Sample until the writers are done; report (samples, torn, [(seq, writer, k)], limit_violations)."""
     ring = ReplayRing.from_manifest(entry)
     s = ring.sampler(max_batch=batch, seed=1)
+    check = check_frame_rows if ring.frames is not None else check_rows
     torn = violations = 0
     seen = []
     deadline = time.monotonic() + stop_after
@@ -76,9 +124,8 @@ def sampler_proc(entry: dict, batch: int, stop_after: float, out, check_limit: b
             break
         if got is None:
             continue
-        torn += int((~check_rows(got)).sum())
-        obs = got["obs"].numpy()
-        seen.append(np.stack([s.seqs[:batch], obs[:, 0], obs[:, 1]], axis=1).astype(np.int64))
+        torn += int((~check(got)).sum())
+        seen.append(np.stack([s.seqs[:batch], *row_ids(got)], axis=1).astype(np.int64))
         if check_limit:
             c = ring.counts()
             lim = ring.limit
@@ -237,3 +284,39 @@ class CountingEnv(gym.Env):
     def step(self, action):
         self.t += 1
         return self._obs(), 1.0, False, False, {}
+
+
+class StampFrames(gym.Env):
+    """84x84 grey frames that name their env, episode and step in their pixels; episodes end
+    (terminate) after a random 1..40 steps, so resets come often and at every phase."""
+
+    observation_space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, render_mode=None):
+        self.uid, self.episode, self.t, self.length = 0, -1, 0, 1
+
+    def _frame(self) -> np.ndarray:
+        code = [self.uid, self.episode % 256, self.episode // 256, self.t % 256, self.t // 256]
+        frame = np.full((84, 84), (self.uid * 31 + self.episode * 7 + self.t) % 256, np.uint8)
+        frame[0, :5] = code
+        return frame
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # the vector env seeds its envs seed, seed + 1, ...: an id per env
+            self.uid = seed % 251
+        self.episode, self.t = self.episode + 1, 0
+        self.length = int(self.np_random.integers(1, 41))
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._frame(), float(int(action) == self.t % 3), self.t >= self.length, False, {}
+
+
+class StackedStampFrames(gym.wrappers.FrameStackObservation):
+    """`StampFrames` stacked 4 deep by Gymnasium's wrapper: an env id for frame-row tests."""
+
+    def __init__(self, render_mode=None):
+        super().__init__(StampFrames(), 4)

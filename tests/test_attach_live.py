@@ -17,8 +17,8 @@ from system_helpers import REPO, wait_for
 
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.shm.sampler import read_rows
 from mp_rl.shm.segment import list_segments
-from mp_rl.tools.inspect import read_window
 
 N_STEP, ENVS = 3, 4  # smoke.yaml's n-step and envs per actor
 RUN = ["--config", "configs/smoke.yaml", "env.id=mp_rl.testing:CountingEnv", "run.total_env_steps=100000000",
@@ -58,7 +58,7 @@ def ctrl_c(proc: subprocess.Popen, timeout: float = 30) -> str:
 
 
 def rows_by_env(shared: SharedRun, pids: set[int]) -> dict[tuple[int, int], np.ndarray]:
-    _, rows = read_window(shared.ring)
+    _, rows = read_rows(shared.ring, np.arange(*shared.ring.window()))
     obs, nxt = rows["obs"], rows["next_obs"]
     mine = np.isin(obs[:, 0].astype(np.int64), list(pids))
     assert np.all(nxt[mine, 2] - obs[mine, 2] == N_STEP), "a row's next_obs is n steps after its obs"

@@ -93,20 +93,26 @@ def test_capacity_is_clamped_to_block_and_reserved_maximum(ring):
     assert ring.capacity == ring.spec.capacity_max
 
 
-def test_shrinking_capacity_returns_memory(shm_name):
-    spec = RingSpec.for_transitions((64,), "float32", capacity_max=65536)
+@pytest.mark.parametrize("kind", ["rows", "frames"])
+def test_shrinking_capacity_returns_memory(shm_name, kind):
+    """Frame rows: the frame areas of the released blocks go too (most of what a frame row costs)."""
+    if kind == "rows":
+        spec = RingSpec.for_transitions((64,), "float32", capacity_max=65536)
+    else:
+        spec = RingSpec.for_frames((16, 16), "uint8", 4, 3, capacity_max=65536).normalised()
     ring = ReplayRing.create(shm_name("ring"), spec, OPEN)
     try:
         w, rows = ring.writer(1), rows_like(spec, 64)
+        frames = np.ones((spec.frames.area, 16, 16), np.uint8) if spec.frames else None
         for _ in range(spec.capacity_max // 64):
-            w.write(rows)
+            w.write(rows, frames=frames)
         full = ring.segment.allocated_bytes()
         ring.capacity = 4096
         small = ring.segment.allocated_bytes()
-        row = sum(f.row_bytes for f in spec.fields) + 8
+        row = spec.bytes_per_row
         assert full - small >= 0.8 * row * (spec.capacity_max - 4096), (full, small)
         for _ in range(spec.capacity_max // 64):  # keep writing: the trimmed footprint holds
-            w.write(rows)
+            w.write(rows, frames=frames)
         assert ring.segment.allocated_bytes() <= small + row * 4096 + 64 * PAGE
         s = ring.sampler(256)
         assert s.sample(256, timeout=1.0) is not None

@@ -12,11 +12,12 @@ row_bytes = st.lists(st.integers(1, 100_000), min_size=1, max_size=6)
 blocks = st.sampled_from([1, 8, 32, 64, 100, 128])
 
 
-@given(blocks, row_bytes)
-def test_chunk_is_whole_blocks_and_whole_pages_for_every_array(block, sizes):
-    chunk = ringmath.chunk_rows(block, sizes, PAGE)
+@given(blocks, row_bytes, st.lists(st.integers(1, 10**6), max_size=2))
+def test_chunk_is_whole_blocks_and_whole_pages_for_every_array(block, sizes, per_block):
+    chunk = ringmath.chunk_rows(block, sizes, PAGE, tuple(per_block))
     assert chunk % block == 0
     assert all(chunk * nbytes % PAGE == 0 for nbytes in sizes)
+    assert all(chunk // block * nbytes % PAGE == 0 for nbytes in per_block)
 
 
 @given(st.integers(0, 10**12), st.integers(1, 10**7), st.integers(0, 10**12))

@@ -14,12 +14,12 @@ import torch
 
 from mp_rl.agent.envs import EnvSpec, make_vector_env
 from mp_rl.agent.models import build_q_network
-from mp_rl.agent.nstep import NStepBuilder
+from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
-from mp_rl.shm.ring import RingClosed
+from mp_rl.shm.ring import RingClosed, RingSpec
 
 
 def ape_x_epsilon(index: int, count: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -49,20 +49,25 @@ class Actor:
         self.policy = build_q_network(spec.obs_shape, spec.n_actions, cfg.learner.hidden, cfg.learner.dueling)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
-        chunk = NStepBuilder.chunk_for(self.num_envs, spec.obs_shape, spec.obs_dtype)
-        self.builder = NStepBuilder(
-            self.num_envs, spec.obs_shape, spec.obs_dtype, cfg.replay.n_step, cfg.replay.gamma, chunk=chunk
-        )
+        self.builder = self._builder(cfg, shared.ring.spec, spec)
         self.writer = shared.ring.writer(token=slot + 1)
-        block = shared.ring.spec.block
-        room = block  # only a partial block is ever staged
-        self.stage = {f.name: np.empty((room, *f.shape), f.dtype) for f in shared.ring.spec.fields}
+        # Whole rows from several envs share blocks: a partial block is staged until it fills.
+        self.stage = {f.name: np.empty((shared.ring.spec.block, *f.shape), f.dtype) for f in shared.ring.spec.fields}
         self.staged = 0
         self.rng = np.random.default_rng(seed)
         self.obs, _ = self.env.reset(seed=seed)
         self.builder.start(self.obs)
         self.on_blocked: Callable[[], object] | None = None
         self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
+
+    def _builder(self, cfg: Config, ring: RingSpec, spec: EnvSpec) -> NStepBuilder:
+        """Frame rows when the ring keeps frames (one block per env per `block` steps), whole rows otherwise."""
+        n, gamma = cfg.replay.n_step, cfg.replay.gamma
+        if ring.frames is not None:
+            f = ring.frames
+            return FrameBlockBuilder(self.num_envs, f.shape, f.dtype, n, gamma, f.stack, ring.block)
+        chunk = NStepBuilder.chunk_for(self.num_envs, spec.obs_shape, spec.obs_dtype)
+        return NStepBuilder(self.num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -88,9 +93,19 @@ class Actor:
             self._emit(rows)
         return self.num_envs
 
-    def _emit(self, rows: dict[str, np.ndarray]) -> None:
-        """Write the chunk's rows: top up the staged partial block, write whole blocks straight from
-        `rows`, stage the remainder. Then report the chunk's finished episodes."""
+    def _emit(self, rows) -> None:
+        """Write the chunk's rows, then report the chunk's finished episodes."""
+        if isinstance(rows, list):  # frame rows: a block per env, each with its frames
+            for fields, frames in rows:
+                self._write(fields, frames)
+        else:
+            self._emit_rows(rows)
+        returns, lengths = self.builder.episodes
+        if len(returns):
+            self.shared.control.report_episodes(self.slot, returns, lengths)
+
+    def _emit_rows(self, rows: dict[str, np.ndarray]) -> None:
+        """Top up the staged partial block, write whole blocks straight from `rows`, stage the remainder."""
         block, n, i = self.shared.ring.spec.block, len(rows["reward"]), 0
         if self.staged:
             i = min(block - self.staged, n)
@@ -102,28 +117,25 @@ class Actor:
             self._write({k: v[i : i + block] for k, v in rows.items()})
             i += block
         self._stage(rows, i, n)
-        returns, lengths = self.builder.episodes
-        if len(returns):
-            self.shared.control.report_episodes(self.slot, returns, lengths)
 
     def _stage(self, rows: dict[str, np.ndarray], a: int, b: int) -> None:
         for name, buf in self.stage.items():
             buf[self.staged : self.staged + b - a] = rows[name][a:b]
         self.staged += b - a
 
-    def _write(self, block: dict[str, np.ndarray]) -> None:
+    def _write(self, block: dict[str, np.ndarray], frames: np.ndarray | None = None) -> None:
         """One block into the ring, waiting (and counting the wait) while the rate limiter says no.
 
         While held back the actor is healthy, so it keeps beating. It stops waiting (`Detached`) when
         the run stops, when `run_alive` says its run is gone (an attached actor whose supervisor was
         SIGKILLed), or `RETIRE_GRACE_S` after it was retired (the block is dropped then: its rows were
         never reserved, so nothing half-written is left)."""
-        if self.writer.write(block, timeout=0.0):
+        if self.writer.write(block, timeout=0.0, frames=frames):
             return  # the common case: no wait, nothing to count
         control, t0 = self.shared.control, time.monotonic_ns()
         next_check, give_up = time.monotonic() + 1.0, float("inf")
         try:
-            while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25):
+            while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25, frames=frames):
                 if control.stopping:
                     raise RingClosed("stopping")
                 if self.on_blocked is not None:  # serial mode: let the learner catch up instead of waiting

@@ -28,6 +28,7 @@ class EnvSpec:
     obs_shape: tuple[int, ...]
     obs_dtype: str
     n_actions: int
+    frame_stack: int = 1  # > 1: observations are stacks whose frames overlap the next one's (frame rows)
 
 
 def is_atari(env_id: str) -> bool:
@@ -109,6 +110,18 @@ def probe(cfg: EnvConfig) -> EnvSpec:
         if not isinstance(obs, gym.spaces.Box):
             raise EnvError(f"env.id {cfg.id!r}: needs a Box observation space, got {obs}")
         dtype = np.dtype(np.uint8) if obs.dtype == np.uint8 else np.dtype(np.float32)
-        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n))
+        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n), frame_stack(env))
     finally:
         env.close()
+
+
+def frame_stack(env: gym.Env) -> int:
+    """k when the observation is a `FrameStackObservation` of k frames with "reset" padding and no
+    wrapper outside it changes the observation (so each observation is the last one shifted by one
+    new frame, and an episode's first is its reset frame repeated); 1 otherwise."""
+    space = env.observation_space
+    while isinstance(env, gym.Wrapper) and env.observation_space == space:
+        if isinstance(env, gym.wrappers.FrameStackObservation):
+            return env.stack_size if isinstance(env.padding_type, str) and env.padding_type == "reset" else 1
+        env = env.env
+    return 1

@@ -11,11 +11,16 @@ calls would otherwise cost more than the env itself.
 
 Gymnasium 1.x vector envs reset in NEXT_STEP mode: the step after an episode ends only resets that
 env (its action is ignored, its reward is 0), so that step starts no row.
+
+`FrameBlockBuilder` makes frame rows (`shm.frames`) from the same steps: it keeps each step's newest
+frame and returns, per chunk (one ring block of steps), one block of rows and frames per env.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from mp_rl.shm.frames import row_positions
 
 
 class NStepBuilder:
@@ -40,12 +45,16 @@ class NStepBuilder:
         obs_bytes = num_envs * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
         return int(np.clip(budget // max(obs_bytes, 1), 16, 64))
 
+    history = 0  # observations kept before a chunk's first step (frame rows keep the stack's)
+
     def __init__(self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16):
         self.n, self.chunk, self.num_envs = n, chunk, num_envs
         size = chunk + n - 1  # a chunk of starts plus the look-ahead their last rows need
         # Observations are stored once: with NEXT_STEP autoreset the observation a step returns is
         # the one the next step starts from, so next_obs[t] is obs[t + 1] (one store per step, not two).
-        self.obs = np.zeros((size + 1, num_envs, *obs_shape), dtype=obs_dtype)
+        # Observation i lives at obs[history + i].
+        self.obs = np.zeros((self.history + size + 1, num_envs, *obs_shape), dtype=obs_dtype)
+        self.episode_start = np.zeros((size + 1, num_envs), dtype=np.int64)  # of observation i's episode
         self.act = np.zeros((size, num_envs), dtype=np.int64)
         self.rew = np.zeros((size, num_envs), dtype=np.float64)
         self.term = np.zeros((size, num_envs), dtype=bool)  # raw flags as the env returned them
@@ -61,16 +70,25 @@ class NStepBuilder:
         self.taken = 0  # env steps that belong to an episode (autoreset steps excluded), in retired chunks
         self.k = 0  # steps stored
         self.first = 0  # steps before this one were already turned into rows
+        self.retired = False  # a whole chunk was returned: drop it (keep the look-ahead) before the next step
+
+    def keep(self, obs: np.ndarray) -> np.ndarray:
+        """What is stored of a vector observation (all of it; frame rows keep the newest frame)."""
+        return obs
 
     def start(self, obs: np.ndarray) -> None:
         """The observations the first step acts on (from `env.reset`)."""
-        self.obs[self.k] = obs
+        self.obs[self.history + self.k] = self.keep(obs)
+        self.episode_start[self.k] = self.k
 
-    def add(self, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray] | None:
+    def add(self, action, reward, next_obs, terminated, truncated):
+        """Store one vector step; every `chunk` steps, the rows that start in the chunk (see `_pack`)."""
         # Five stores and nothing else: everything derived is computed per chunk, vectorised.
+        if self.retired:  # not at return time: what `_pack` returned may be views of the buffers
+            self._shift()
         k = self.k
-        self.obs[k + 1], self.act[k], self.rew[k], self.term[k], self.trunc[k] = (
-            next_obs, action, reward, terminated, truncated,
+        self.obs[self.history + k + 1], self.act[k], self.rew[k], self.term[k], self.trunc[k] = (
+            self.keep(next_obs), action, reward, terminated, truncated,
         )  # fmt: skip
         self.k = k + 1
         if self.k < len(self.rew):
@@ -99,13 +117,20 @@ class NStepBuilder:
                 self.starts[t] = ~self.resetting
                 np.logical_and(done[t - a], self.starts[t], out=self.ended[t])
                 np.copyto(self.resetting, self.ended[t])  # a copy: the rows are shifted in place
+        # A step that starts no row is an autoreset step: the observation it returns begins an episode.
+        never = np.iinfo(np.int64).min  # not -1: carried episode starts go negative as chunks retire
+        begins = np.where(self.starts[a:b], never, np.arange(a + 1, b + 1)[:, None])
+        np.maximum.accumulate(np.concatenate([self.episode_start[a : a + 1], begins]), axis=0,
+                              out=self.episode_start[a : b + 1])  # fmt: skip
         self.derived = b
 
-    def flush(self) -> dict[str, np.ndarray] | None:
+    def flush(self):
         """Rows that can be completed now, before the chunk is full (an actor leaving, a test's end)."""
+        if self.retired:
+            self._shift()
         return self._rows(self.k, final=True) if self.k > self.first else None
 
-    def _rows(self, count: int, final: bool) -> dict[str, np.ndarray]:
+    def _rows(self, count: int, final: bool):
         """Rows for starts [first, count): horizon, return, discount, next observation."""
         self._derive()
         n, k = self.n, self.k
@@ -127,21 +152,21 @@ class NStepBuilder:
         h = last - s + 1
         disc = np.where(self.term[last, envs] & self.ended[last, envs], 0.0, self.powers[h])
         t, e = np.nonzero(self.starts[self.first : count] & known)
-        t = t + self.first
-        rows = {
-            "obs": self.obs[t, e],
-            "action": self.act[t, e],
-            "reward": ret[t - self.first, e].astype(np.float32),
-            "discount": disc[t - self.first, e].astype(np.float32),
-            "next_obs": self.obs[last[t - self.first, e] + 1, e],
-        }
+        i = t, e
+        rows = self._pack(t + self.first, e, ret[i].astype(np.float32), disc[i].astype(np.float32), last[i], count)
         self.episodes = self._finished_episodes(self.first, count)
         self.taken += int(np.count_nonzero(self.starts[self.first : count]))
         if final:
             self.first = count  # the rows not yet known are dropped with the actor that leaves
         else:
-            self._shift()
+            self.retired = True
         return rows
+
+    def _pack(self, t, e, reward, discount, last, count: int) -> dict[str, np.ndarray]:
+        """The chunk's rows, given each row's first step t, env e and last step."""
+        h = self.history
+        return {"obs": self.obs[h + t, e], "action": self.act[t, e], "reward": reward, "discount": discount,
+                "next_obs": self.obs[h + last + 1, e]}  # fmt: skip
 
     def _finished_episodes(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of the episodes that ended in steps [a, b), from cumulative sums.
@@ -174,6 +199,39 @@ class NStepBuilder:
         keep = self.n - 1
         for arr in (self.act, self.rew, self.term, self.trunc, self.ended, self.starts):
             arr[:keep] = arr[self.chunk : self.chunk + keep]
-        self.obs[: keep + 1] = self.obs[self.chunk : self.chunk + keep + 1]
+        h = self.history
+        self.obs[: h + keep + 1] = self.obs[self.chunk : self.chunk + h + keep + 1]
+        self.episode_start[: keep + 1] = self.episode_start[self.chunk : self.chunk + keep + 1] - self.chunk
         self.k = self.derived = keep
         self.first = 0
+        self.retired = False
+
+
+class FrameBlockBuilder(NStepBuilder):
+    """n-step frame rows: `add` takes stacked observations (stack axis first, as Gymnasium's
+    `FrameStackObservation` makes them) and keeps the newest frame; every `block` steps it returns
+    [(rows, frames), ...], one block per env that has rows. `frames` is a view, valid until the next `add`.
+    """
+
+    def __init__(self, num_envs: int, frame_shape, dtype: str, n: int, gamma: float, stack: int, block: int):
+        self.history, self.stack = stack - 1, stack  # the stack of a block's first step reaches back
+        super().__init__(num_envs, frame_shape, dtype, n, gamma, chunk=block)
+
+    def keep(self, obs: np.ndarray) -> np.ndarray:
+        return obs[:, -1]
+
+    def _pack(self, t, e, reward, discount, last, count: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+        # A block is one env's consecutive steps, at most `chunk` of them (a final flush may hold more).
+        part = (t - self.first) // self.chunk
+        order = np.lexsort((t, part, e))
+        t, e, part, reward, discount, last = (a[order] for a in (t, e, part, reward, discount, last))
+        blocks = []
+        for rows in np.split(np.arange(len(e)), np.flatnonzero(np.diff(e) | np.diff(part)) + 1):
+            if len(rows):
+                env, first = e[rows[0]], self.first + part[rows[0]] * self.chunk
+                end = self.history + min(first + self.chunk + self.n, self.k + 1)  # past the last frame reached
+                pos = row_positions(t[rows], last[rows], self.episode_start[t[rows], env], first, self.stack)
+                fields = {"action": self.act[t[rows], env], "reward": reward[rows], "discount": discount[rows],
+                          "pos": pos}  # fmt: skip
+                blocks.append((fields, self.obs[first:end, env]))
+        return blocks

@@ -46,7 +46,7 @@ class Monitor:
         t = Thresholds(mc.bottleneck, mc.potential, mc.headroom, mc.starved, mc.blocked, mc.hysteresis, mc.worse)
         settle = max(2 * mc.window_s, min(mc.cooldown_s, 10.0))
         self.policy = Policy(knobs_for(knobs, shared), mc.cooldown_s, settle, t)
-        self.row_bytes = sum(f.row_bytes for f in shared.ring.spec.fields) + 8
+        self.row_bytes = shared.ring.spec.bytes_per_row
         self.decisions = open(self.run_dir / DECISIONS, "a", buffering=1)  # noqa: SIM115 (closed in close())
         self.next_decide = 0.0
         self.ready_at: float | None = None  # when the learner could first sample (replay past min_fill)

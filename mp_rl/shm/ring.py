@@ -8,8 +8,9 @@ Write protocol (`RingWriter.write`), one block of up to `block` rows:
   2. lease: CAS the block's lease word 0 -> writer token. Only a writer lapped by a full
      `capacity_max` (or a trim in progress) finds it taken; it voids its rows (counted) rather than
      share a block. One writer per block at a time is what makes the stamps below a seqlock.
-  3. zero the block's stamps, fence, copy the fields (one memcpy per field), fence, then stamp
-     each row with seq + 1. The stamp comes *after* the data so a stamped row is a complete row.
+  3. zero the block's stamps, fence, copy the fields (one memcpy per field; frame rows also fill
+     the block's frame area, `frames.py`), fence, then stamp each row with seq + 1. The stamp comes
+     *after* the data so a stamped row is a complete row.
   4. release the lease, count the inserts, wake the sampler.
 The sample protocol, the reader's side of these stamps, is written beside its code in `sampler.py`.
 Trim protocol (`ReplayRing.trim`): one trimmer at a time (a CAS on the trimmer word); each chunk
@@ -58,6 +59,7 @@ class ReplayRing:
         v = self.layout.views(segment.buf)
         self.stamps, self.leases = v["stamps"], v["leases"]
         self.fields = {f.name: v[f"f_{f.name}"] for f in spec.fields}
+        self.frames = v["frames"] if spec.frames else None  # every block's frame area, back to back
         self._window, self._tally = v["window"], v["tally"]
         self._inserts, self._samples, self._cursor = v["inserts"], v["samples"], v["cursor"]
         self._addr = {name: atomics.address_of(v[name]) for name in ("cursor", "inserts", "samples", "tally")}
@@ -100,7 +102,7 @@ class ReplayRing:
         return bool(self._window[_WINDOW.index("closed")])
 
     def close(self) -> None:
-        self.stamps = self.leases = self.fields = None  # drop views so the mapping can go
+        self.stamps = self.leases = self.fields = self.frames = None  # drop views so the mapping can go
         self._window = self._tally = self._inserts = self._samples = self._cursor = None
         self.segment.close()
 
@@ -229,6 +231,9 @@ class ReplayRing:
                 spec = self.layout[name]
                 row = spec.nbytes // self.spec.capacity_max
                 self.segment.release(spec.offset + slot0 * row, self.chunk * row)
+            if self.spec.frames is not None:
+                area = self.spec.frames.block_bytes
+                self.segment.release(self.layout["frames"].offset + first * area, nblocks * area)
             return self.chunk
         finally:
             for b in range(first, first + claimed):
@@ -249,16 +254,21 @@ class RingWriter:
         r = self.ring
         return r.closed or r.limit.can_insert(r.inserts, r.samples, n)
 
-    def write(self, rows: Mapping[str, np.ndarray], timeout: float | None = None) -> bool:
-        """Write up to `block` rows. False when the rate limiter held us back for `timeout` seconds.
+    def write(
+        self, rows: Mapping[str, np.ndarray], timeout: float | None = None, frames: np.ndarray | None = None
+    ) -> bool:
+        """Write up to `block` rows (and, frame rows, the block's frames: up to `area` of them, from
+        position 0). False when the rate limiter held us back for `timeout` seconds.
 
         Returns True once the rows are in the ring, or voided and counted (the block's lease was
         taken: this writer was lapped by a full capacity_max, or a trim was releasing the block).
         """
         r = self.ring
-        n = len(next(iter(rows.values())))
+        n = len(rows[r.spec.fields[0].name])
         if not 0 < n <= self.block:
             raise ValueError(f"a write takes 1..{self.block} rows, got {n}")
+        if (frames is None) != (r.frames is None) or (frames is not None and len(frames) > r.spec.frames.area):
+            raise ValueError("frame rows need their block's frames (at most one area), other rows none")
         if not r.insert_wakeup.wait_for(lambda: self._may_insert(n), 3600.0 if timeout is None else timeout):
             return False
         if r.closed:
@@ -276,6 +286,9 @@ class RingWriter:
         atomics.fence(atomics.RELEASE)  # the zeroed stamps are visible before any new byte
         for name, dst in r.fields.items():
             dst[slot : slot + n] = rows[name]
+        if frames is not None:  # the block's own area: only rows of this block ever read it
+            area = r.spec.frames.area
+            r.frames[lease * area : lease * area + len(frames)] = frames
         atomics.fence(atomics.RELEASE)  # every byte of the rows is visible before its stamp
         stamps[:n] = np.arange(seq + 1, seq + n + 1)
         r._drop_lease(lease)

@@ -19,15 +19,18 @@ def slot_of(seq: int, capacity_max: int) -> int:
     return seq % capacity_max
 
 
-def chunk_rows(block: int, row_bytes: list[int], page: int) -> int:
+def chunk_rows(block: int, row_bytes: list[int], page: int, block_bytes: tuple[int, ...] = ()) -> int:
     """Smallest row count that is a whole number of blocks and of pages for every array.
 
-    Releasing memory works in chunks of this many rows: a chunk of every per-row array then starts
-    and ends on page boundaries, so madvise frees exactly that chunk and nothing beside it.
+    Releasing memory works in chunks of this many rows: a chunk of every per-row array (`row_bytes`
+    a row) and of every per-block array (`block_bytes` a block) then starts and ends on page
+    boundaries, so madvise frees exactly that chunk and nothing beside it.
     """
     rows = block
     for nbytes in row_bytes:
         rows = math.lcm(rows, page // math.gcd(page, nbytes))
+    for nbytes in block_bytes:
+        rows = math.lcm(rows, block * (page // math.gcd(page, nbytes)))
     return rows
 
 

@@ -1,5 +1,5 @@
-"""What a replay ring stores (fields, reserved maximum, write block), its segment layout, and the error its
-waiters get when it closes."""
+"""What a replay ring stores (fields, frames, reserved maximum, write block), its segment layout, and the
+error its waiters get when it closes."""
 
 from __future__ import annotations
 
@@ -27,12 +27,32 @@ class FieldSpec:
 
 
 @dataclass(frozen=True)
+class FrameSpec:
+    """Stacked observations kept one frame per step: each block owns `area` frames (see `shm.frames`)."""
+
+    shape: tuple[int, ...]  # one frame
+    dtype: str
+    stack: int  # frames per observation
+    area: int  # frames per block: block + stack - 1 + n
+
+    @property
+    def block_bytes(self) -> int:
+        return self.area * FieldSpec("frame", self.shape, self.dtype).row_bytes
+
+
+POS = FieldSpec("pos", (3,), "<i2")  # a frame row's area positions: observation, next observation, episode start
+TRANSITION = ("obs", "action", "reward", "discount", "next_obs")  # what the learner's batch holds
+
+
+@dataclass(frozen=True)
 class RingSpec:
-    """What a ring stores: named per-row fields, the reserved maximum, the write block size."""
+    """What a ring stores: named per-row fields, the reserved maximum, the write block size, and
+    (frame rows) the per-block frame areas that `obs` and `next_obs` are rebuilt from."""
 
     fields: tuple[FieldSpec, ...]
     capacity_max: int
     block: int = 64
+    frames: FrameSpec | None = None
 
     @classmethod
     def for_transitions(
@@ -49,13 +69,42 @@ class RingSpec:
         )
         return cls(fields, capacity_max, block)
 
+    @classmethod
+    def for_frames(
+        cls, frame_shape, dtype, stack: int, n: int, capacity_max: int, block: int = 64, action_dtype="int64"
+    ) -> RingSpec:
+        """n-step DQN rows whose `stack`-frame observations are stored one frame per step."""
+        fields = (
+            FieldSpec("action", (), np.dtype(action_dtype).str),
+            FieldSpec("reward", (), "<f4"),
+            FieldSpec("discount", (), "<f4"),
+            POS,
+        )
+        frames = FrameSpec(tuple(frame_shape), np.dtype(dtype).str, stack, block + stack - 1 + n)
+        return cls(fields, capacity_max, block, frames)
+
+    def batch_fields(self) -> tuple[FieldSpec, ...]:
+        """The fields of a sampled batch: the stored ones, or for frame rows the rebuilt transition."""
+        if self.frames is None:
+            return self.fields
+        f, row = self.frames, {x.name: x for x in self.fields}
+        obs = FieldSpec("obs", (f.stack, *f.shape), f.dtype)
+        return tuple(FieldSpec(name, obs.shape, obs.dtype) if "obs" in name else row[name] for name in TRANSITION)
+
+    @property
+    def bytes_per_row(self) -> float:
+        """Shared bytes each row slot costs: stamp, fields, and its share of the block's lease and frames."""
+        per_block = 8 + (self.frames.block_bytes if self.frames else 0)
+        return 8 + sum(f.row_bytes for f in self.fields) + per_block / self.block
+
     @property
     def chunk(self) -> int:
-        return ringmath.chunk_rows(self.block, [8] + [f.row_bytes for f in self.fields], PAGE)
+        per_block = (self.frames.block_bytes,) if self.frames else ()
+        return ringmath.chunk_rows(self.block, [8] + [f.row_bytes for f in self.fields], PAGE, per_block)
 
     def normalised(self) -> RingSpec:
         cap = ringmath.round_capacity_max(self.capacity_max, self.chunk)
-        return RingSpec(self.fields, cap, self.block)
+        return RingSpec(self.fields, cap, self.block, self.frames)
 
     def layout(self) -> Layout:
         cap = self.capacity_max
@@ -63,11 +112,18 @@ class RingSpec:
         wakes = [("wake_sample", "<i4", (16,)), ("wake_insert", "<i4", (16,))]
         rows = [("stamps", "<i8", (cap,)), ("leases", "<i8", (cap // self.block,))]
         data = [(f"f_{f.name}", f.dtype, (cap, *f.shape)) for f in self.fields]
+        if self.frames is not None:
+            f = self.frames
+            data.append(("frames", f.dtype, (cap // self.block * f.area, *f.shape)))
         return Layout.build(words + wakes + rows + data)
 
     def to_json(self) -> dict:
         fields = [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.fields]
-        return {"fields": fields, "capacity_max": self.capacity_max, "block": self.block}
+        d = {"fields": fields, "capacity_max": self.capacity_max, "block": self.block}
+        if self.frames is not None:
+            f = self.frames
+            d["frames"] = {"shape": list(f.shape), "dtype": f.dtype, "stack": f.stack, "area": f.area}
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> RingSpec:
@@ -77,10 +133,23 @@ class RingSpec:
             FieldSpec(_name(f.get("name")), _shape(f.get("shape")), numeric_dtype(f.get("dtype")))
             for f in _list(d.get("fields"), "fields")
         )
-        spec = cls(fields, _int(d.get("capacity_max"), "capacity_max"), _int(d.get("block"), "block"))
+        block = _int(d.get("block"), "block")
+        frames = _frames(d["frames"], fields, block) if d.get("frames") is not None else None
+        spec = cls(fields, _int(d.get("capacity_max"), "capacity_max"), block, frames)
         if not fields or spec.normalised() != spec:
             raise ValueError("ring spec: capacity_max is not a whole number of chunks, or no fields")
         return spec
+
+
+def _frames(d: object, fields: tuple[FieldSpec, ...], block: int) -> FrameSpec:
+    """A frame area spec, checked against the rows that index it (positions are int16)."""
+    if not isinstance(d, dict):
+        raise ValueError("ring spec: frames must be an object")
+    f = FrameSpec(_shape(d.get("shape")), numeric_dtype(d.get("dtype")), _int(d.get("stack"), "frames.stack"),
+                  _int(d.get("area"), "frames.area"))  # fmt: skip
+    if POS not in fields or not block + f.stack <= f.area < 2**15:
+        raise ValueError("ring spec: frames need a pos field and an area of block + stack .. 32767 frames")
+    return f
 
 
 def numeric_dtype(text: object) -> str:
@@ -123,5 +192,5 @@ def _name(x: object) -> str:
 
 
 def rows_like(spec: RingSpec, n: int) -> dict[str, np.ndarray]:
-    """Zero rows shaped for `spec` (tests and examples)."""
+    """Zero rows shaped for `spec`'s stored fields (tests and examples)."""
     return {f.name: np.zeros((n, *f.shape), dtype=f.dtype) for f in spec.fields}

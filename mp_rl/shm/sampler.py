@@ -4,8 +4,10 @@ Sample protocol (`RingSampler.sample`): draw seqs in the live window, keep those
 exactly seq + 1, fence, gather rows with np.take into preallocated tensors, fence, re-read the
 stamps; a row whose stamp changed during the copy was being overwritten and is drawn again. The
 writer stamps a row only after its bytes (`ring.py`), and zeroes the stamps before overwriting,
-so a row that passes both stamp reads is whole and is the row its seq names. Per batch the
-sampler makes one fetch-add and a wakeup; every per-row operation is vectorised numpy.
+so a row that passes both stamp reads is whole and is the row its seq names. Frame rows rebuild
+`obs` and `next_obs` between the same two reads, from frames of the row's own block only
+(`frames.py`), so the stamps vouch for those frames too. Per batch the sampler makes one fetch-add
+and a wakeup; every per-row operation is vectorised numpy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from mp_rl.shm import atomics
+from mp_rl.shm.frames import FrameGather, stack_indices
 from mp_rl.shm.ringspec import RingClosed
 
 if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs it at run time
@@ -47,13 +50,18 @@ class RingSampler:
         self.ring, self.max_batch, self.priorities = ring, max_batch, priorities
         pin = pin_memory and torch.cuda.is_available()
         self.out = {
-            name: torch.empty((max_batch, *arr.shape[1:]), dtype=torch.from_numpy(arr[:0]).dtype, pin_memory=pin)
-            for name, arr in ring.fields.items()
+            f.name: torch.from_numpy(np.empty(0, f.dtype)).new_empty((max_batch, *f.shape), pin_memory=pin)
+            for f in ring.spec.batch_fields()
         }
         if priorities is not None:  # each row's importance weight, and its seq for the priority update
             self.out["weight"] = torch.empty(max_batch, dtype=torch.float32, pin_memory=pin)
             self.out["seq"] = torch.empty(max_batch, dtype=torch.int64, pin_memory=pin)
         self._out_np = {name: t.numpy() for name, t in self.out.items()}
+        self.frames = FrameGather(ring, max_batch, self._out_np) if ring.spec.frames else None
+        # Where each stored field is gathered to: the batch, or (frame rows' positions) the rebuild.
+        self._dest = {name: self._out_np[name] for name in ring.fields if name in self._out_np}
+        if self.frames is not None:
+            self._dest["pos"] = self.frames.pos
         self.seqs = np.empty(max_batch, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
         self.redraws = 0
@@ -114,9 +122,11 @@ class RingSampler:
             atomics.fence(atomics.ACQUIRE)  # the stamps are read before the rows they vouch for
             for name, src in r.fields.items():
                 if attempt == 0:
-                    np.take(src, slots, axis=0, out=self._out_np[name][:batch])
+                    np.take(src, slots, axis=0, out=self._dest[name][:batch])
                 else:
-                    self._out_np[name][todo] = src[slots]
+                    self._dest[name][todo] = src[slots]
+            if self.frames is not None:
+                self.frames.gather(slots, todo, whole=attempt == 0)
             atomics.fence(atomics.ACQUIRE)  # the rows are read before the stamps are checked again
             todo = todo[r.stamps[slots] != self.seqs[todo] + 1]  # overwritten while we copied
             if len(todo) == 0:
@@ -125,3 +135,21 @@ class RingSampler:
                 self.priorities.void(self.seqs[todo])
             self.redraws += len(todo)
         return False
+
+
+def read_rows(ring: ReplayRing, seqs: np.ndarray, scalars: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Copies of the rows `seqs` name, as a batch holds them (frame rows rebuilt), or only their scalar
+    fields. Rows whose stamp was not seq + 1 both before and after the copy are left out (the
+    sampler's rule, without a draw): safe against a live run. Returns (seqs kept, rows)."""
+    slots = seqs % ring.spec.capacity_max
+    before = ring.stamps[slots].copy()
+    atomics.fence(atomics.ACQUIRE)
+    names = [f.name for f in ring.spec.fields if f.shape == () or not scalars]
+    rows = {name: ring.fields[name][slots] for name in names}
+    if ring.frames is not None and not scalars:
+        f = ring.spec.frames
+        obs, nxt = stack_indices(slots, rows.pop("pos"), ring.spec.block, f.area, f.stack)
+        rows["obs"], rows["next_obs"] = ring.frames[obs], ring.frames[nxt]
+    atomics.fence(atomics.ACQUIRE)
+    ok = (before == seqs + 1) & (ring.stamps[slots] == seqs + 1)
+    return seqs[ok], {name: v[ok] for name, v in rows.items()}

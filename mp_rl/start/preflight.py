@@ -113,7 +113,7 @@ def _batch(cfg: Config) -> Span:
     return Span(lc.batch_size, lc.batch_size, lc.batch_size, False)
 
 
-def _capacity(cfg: Config, ring: RingSpec, row: int, warnings: list[str]) -> Span:
+def _capacity(cfg: Config, ring: RingSpec, row: float, warnings: list[str]) -> Span:
     rc, avail, hi = cfg.replay, resources.available_memory(), ring.capacity_max
     if rc.capacity != "auto":
         return Span(rc.capacity, rc.capacity, rc.capacity, False)
@@ -152,14 +152,13 @@ def plan(cfg: Config) -> Plan:
         raise StartError(f"learner.hidden: a network of {numel:,} parameters needs {_gib(28 * numel)} for the "
                          f"learner and weight board, more than {_gib(avail)} available")  # fmt: skip
     warnings: list[str] = []
-    ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, cfg.replay.capacity_max, cfg.actors.block)
-    ring = ring.normalised()
-    row = sum(f.row_bytes for f in ring.fields) + 8
+    ring = ring_spec(cfg, spec)
+    row = ring.bytes_per_row
     knobs = Knobs(_actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, row, warnings))
     need = knobs.capacity.start * row
     if need > 0.9 * avail:
         raise StartError(
-            f"replay.capacity {knobs.capacity.start:,} rows x {row:,} B = {_gib(need)} does not fit in "
+            f"replay.capacity {knobs.capacity.start:,} rows x {row:,.0f} B = {_gib(need)} does not fit in "
             f"{_gib(avail)} of available memory"
         )
     if ring.capacity_max * row > avail:
@@ -167,6 +166,17 @@ def plan(cfg: Config) -> Plan:
             f"replay.capacity_max would need {_gib(ring.capacity_max * row)}; capacity will stay within RAM"
         )
     return Plan(cfg, spec, ring, rate_limit(cfg, knobs.batch_size), knobs, cfg.actors.max_count + 8, numel, warnings)
+
+
+def ring_spec(cfg: Config, spec: EnvSpec) -> RingSpec:
+    """Frame rows for stacked observations (unless `replay.frames_once` is off), whole rows otherwise."""
+    r, block = cfg.replay, cfg.actors.block
+    if spec.frame_stack > 1 and r.frames_once:
+        k = spec.frame_stack
+        ring = RingSpec.for_frames(spec.obs_shape[1:], spec.obs_dtype, k, r.n_step, r.capacity_max, block)
+    else:
+        ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, r.capacity_max, block)
+    return ring.normalised()
 
 
 def numel_for(cfg: Config, spec: EnvSpec) -> int:

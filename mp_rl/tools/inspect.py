@@ -14,24 +14,18 @@ import time
 import numpy as np
 
 from mp_rl.cli import Parser, fail
-from mp_rl.shm import atomics
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.shm.ring import ReplayRing
+from mp_rl.shm.sampler import read_rows
 
 
 def read_window(ring: ReplayRing, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Sequence numbers and rows of the stamped slots in the live window (the newest `limit` of them)."""
+    """Sequence numbers and scalar fields (action, reward, discount) of the intact rows in the live
+    window (the newest `limit` of them); observations are read only for the rows shown."""
     lo, hi = ring.window()
     if limit is not None:
         lo = max(lo, hi - limit)
-    seqs = np.arange(lo, hi, dtype=np.int64)
-    slots = seqs % ring.spec.capacity_max
-    before = ring.stamps[slots].copy()
-    atomics.fence()
-    rows = {name: arr[slots].copy() for name, arr in ring.fields.items()}
-    atomics.fence()
-    ok = (before == seqs + 1) & (ring.stamps[slots] == seqs + 1)
-    return seqs[ok], {k: v[ok] for k, v in rows.items()}
+    return read_rows(ring, np.arange(lo, hi, dtype=np.int64), scalars=True)
 
 
 def summary(shared: SharedRun, limit: int | None, show: int) -> dict:
@@ -46,7 +40,7 @@ def summary(shared: SharedRun, limit: int | None, show: int) -> dict:
     hist = np.histogram(age, bins=edges if len(edges) > 1 else 1)[0] if len(age) else np.array([])
     reward, disc = rows.get("reward", np.zeros(0)), rows.get("discount", np.zeros(0))
     actions, counts = np.unique(rows.get("action", np.zeros(0, int)), return_counts=True)
-    newest = np.argsort(seqs)[-show:][::-1]
+    shown, decoded = read_rows(ring, np.sort(seqs)[-show:][::-1]) if show > 0 else (seqs[:0], {})
     return {
         "run_id": shared.run_id,
         "fill": ring.size(), "capacity": ring.capacity, "capacity_max": ring.spec.capacity_max,
@@ -57,7 +51,8 @@ def summary(shared: SharedRun, limit: int | None, show: int) -> dict:
         "reward": _stats(reward), "discount": _stats(disc),
         "terminal_share": round(float((disc == 0).mean()), 4) if len(disc) else None,
         "actions": {int(a): int(n) for a, n in zip(actions, counts, strict=True)},
-        "rows": [{"seq": int(seqs[i]), **{k: _short(v[i]) for k, v in rows.items()}} for i in newest],
+        "bytes_per_row": round(ring.spec.bytes_per_row, 1), "frame_rows": ring.spec.frames is not None,
+        "rows": [{"seq": int(s), **{k: _short(v[i]) for k, v in decoded.items()}} for i, s in enumerate(shown)],
     }  # fmt: skip
 
 
@@ -79,7 +74,8 @@ def _short(v: np.ndarray):
 def describe(s: dict) -> str:
     lines = [
         f"run {s['run_id']}: replay {s['fill']:,}/{s['capacity']:,} rows (reserved {s['capacity_max']:,}), "
-        f"{s['inserts_per_s']:,.0f} inserts/s",
+        f"{s['inserts_per_s']:,.0f} inserts/s, {s['bytes_per_row']:,.0f} B a row"
+        + (" (frames stored once)" if s["frame_rows"] else ""),
         f"counters: inserts {s['counters']['inserts']:,}, samples {s['counters']['samples']:,}, "
         f"voided {s['counters']['voided']:,}, padding {s['counters']['padding']:,}, trims {s['counters']['trims']:,}",
         f"age (rows behind the cursor), quartile bins {s['age_rows']['edges']}: {s['age_rows']['counts']}"
