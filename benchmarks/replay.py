@@ -1,61 +1,108 @@
 """Replay: bytes per transition, sampling rate into the learner's batch, the actor's write cost.
 
-    python -m benchmarks.replay [--repeats 5] [--out bench_out/replay]
+    python -m benchmarks.replay [--repeats 5] [--out bench_out/replay]   (needs the atari extra)
 
-Rows are CartPole-shaped (4 float32) and Pong-shaped (4 stacked 84x84 uint8 frames). Each sampling
-figure is the median of alternated repeats, with its baseline (uniform sampling) measured in the
-same run. The layouts a replay could use are compared per Pong transition: today's (obs and
-next_obs stored whole, measured from the ring's own layout), Stable-Baselines3's
-`optimize_memory_usage` (each stacked observation once) and a store that keeps each frame once
-(DQN Zoo, Dopamine), both computed. What `configs/threadripper.yaml`'s 2M rows need follows.
+Pong rows go through the real actor: its builder, staging and ring writer, on a real run's shared
+segments, with the env replaced by recorded Pong observations (so env stepping and inference do not
+hide the cost being measured). Both layouts run in the same process and alternate: "whole rows"
+(obs and next_obs stored whole, `replay.frames_once: false`, the layout before frame rows) is the
+baseline of "frame rows" (each frame once). Bytes per transition are every shared segment of the
+run as backed by memory: the ring's divided by the rows it holds, and the fixed rest (control block,
+weight board after a publish) shown beside it, with what it adds per row at 2M rows.
+CartPole rows (4 float32) give the prioritized-vs-uniform figure where sampling cost is all there is.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.common import table, write_results
+from mp_rl.agent.actor import Actor
+from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.priorities import Priorities
+from mp_rl.config import load_config
+from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.ring import ReplayRing, RingSpec, rows_like
 from mp_rl.shm.sync import RateLimit
-from mp_rl.start import resources
+from mp_rl.start.preflight import plan
 
 OPEN = RateLimit(None, 1, 0, 64, 1024)
-SHAPES = {"CartPole": ((4,), "float32", 65_536), "Pong": ((4, 84, 84), "uint8", 8_192)}
-FRAME = 84 * 84  # one greyscale frame, bytes
-SMALL = 8 + 4 + 4 + 8  # action (int64), reward, discount, stamp
+ROWS = 8192  # ring rows for the Pong runs: one whole chunk of frame rows
+ENVS = 8
+LAYOUTS = {"whole rows": False, "frame rows": True}
 
 
-def bytes_per_row(spec: RingSpec) -> float:
-    """Every byte of the ring's segment per row it can hold (stamps, leases and counters included)."""
-    return spec.layout().size / spec.capacity_max
+def pong_config(frames_once: bool, extra: tuple[str, ...] = ()):
+    return load_config("configs/threadripper.yaml", [
+        "learner.device=cpu", f"env.envs_per_actor={ENVS}", f"replay.frames_once={str(frames_once).lower()}",
+        f"replay.capacity={ROWS}", f"replay.capacity_max={ROWS}", "replay.min_fill=64", "actors.count=1", *extra,
+    ])  # fmt: skip
 
 
-def layouts() -> list[dict]:
-    big = RingSpec.for_transitions((4, 84, 84), "uint8", 2_000_000).normalised()
-    today = bytes_per_row(big)
-    sb3 = 4 * FRAME + SMALL  # one stacked observation per row; next_obs is the next row's
-    once = FRAME + SMALL + 1  # one new frame per row, plus an episode-start flag to rebuild stacks
-    return [
-        {"layout": "mp_rl today: obs + next_obs whole (measured)", "bytes": today, "x": 1.0},
-        {"layout": "SB3 optimize_memory_usage: each stack once (computed)", "bytes": sb3, "x": today / sb3},
-        {"layout": "each frame once, stacks rebuilt (computed)", "bytes": once, "x": today / once},
-    ]
+class Recorded:
+    """Stands in for the actor's vector env: recorded Pong steps, replayed in a loop."""
+
+    def __init__(self, steps: int, seed: int = 0):
+        env = make_vector_env(pong_config(True).env, seed, ENVS)
+        rng, self.steps, self.i = np.random.default_rng(seed), [], 0
+        for _ in range(steps):
+            obs, rew, term, trunc, _ = env.step(rng.integers(0, 6, ENVS))
+            self.steps.append((obs.copy(), rew, term, trunc, {}))
+        env.close()
+
+    def step(self, actions):
+        self.i += 1
+        return self.steps[self.i % len(self.steps)]
+
+    def close(self) -> None:
+        pass
 
 
-def filled(name: str, obs_shape, dtype, rows: int) -> ReplayRing:
-    spec = RingSpec.for_transitions(obs_shape, dtype, rows)
-    ring = ReplayRing.create(f"mp_rl.bench{time.time_ns()}.{name}", spec, OPEN)
-    block = rows_like(spec, 64)
-    block["obs"][:] = 7
-    w = ring.writer(1)
-    for _ in range(ring.spec.capacity_max // 64):
-        w.write(block)
-    return ring
+class PongRun:
+    """A real run's segments and one actor on them, its env replaced by `recorded`."""
+
+    def __init__(self, frames_once: bool, recorded: Recorded, folder: Path):
+        cfg = pong_config(frames_once)
+        p = plan(cfg)
+        run_id = f"bench{time.time_ns()}"
+        (folder / run_id).mkdir()
+        self.shared = SharedRun.create(folder / run_id, run_id, p.ring, OPEN, p.numel, 4, p.capacity)
+        self.actor = Actor(cfg, self.shared, p.spec, slot=0, index=0, count=1, seed=0)
+        self.actor.env.close()
+        self.actor.env = recorded
+        rng = np.random.default_rng(0)
+        self.actor.act = lambda obs: rng.integers(0, 6, ENVS)  # not the cost measured here
+        self.shared.board.publish(torch.zeros(p.numel))  # as a run's learner does: its pages are backed
+
+    def lap(self) -> float:
+        """Seconds per env step to write one ring's worth of rows."""
+        ring, steps = self.shared.ring, 0
+        target = ring.cursor + ring.spec.capacity_max
+        t0 = time.perf_counter()
+        while ring.cursor < target:
+            steps += self.actor.step()
+        return (time.perf_counter() - t0) / steps
+
+    def bytes_per_row(self) -> float:
+        """Memory-backed bytes of the ring segment over the rows it holds (padding slots count against it)."""
+        ring = self.shared.ring
+        lo, hi = ring.window()
+        seqs = np.arange(lo, hi)
+        return ring.segment.allocated_bytes() / int((ring.stamps[seqs % ring.spec.capacity_max] == seqs + 1).sum())
+
+    def fixed_bytes(self) -> int:
+        """Memory-backed bytes of the run's other segments: the control block and the weight board."""
+        return self.shared.control.segment.allocated_bytes() + self.shared.board.segment.allocated_bytes()
+
+    def close(self) -> None:
+        self.shared.close()
 
 
 def sample_rate(ring: ReplayRing, batch: int, prioritized: bool, seconds: float = 0.5) -> float:
@@ -73,16 +120,55 @@ def sample_rate(ring: ReplayRing, batch: int, prioritized: bool, seconds: float 
     return n / (time.perf_counter() - t0)
 
 
-def write_cost(ring: ReplayRing) -> tuple[float, float]:
-    """Seconds per 64-row block: into fresh pages, then into pages already touched."""
-    block, w = rows_like(ring.spec, 64), ring.writer(2)
-    times = []
-    for _ in range(ring.spec.capacity_max // 64 * 2):
-        t0 = time.perf_counter()
-        w.write(block)
-        times.append(time.perf_counter() - t0)
-    half = len(times) // 2
-    return statistics.median(times[:half]), statistics.median(times[half:])
+def cartpole_ring() -> ReplayRing:
+    spec = RingSpec.for_transitions((4,), "float32", 65_536)
+    ring = ReplayRing.create(f"mp_rl.bench{time.time_ns()}.cartpole", spec, OPEN)
+    w = ring.writer(1)
+    for _ in range(ring.spec.capacity_max // 64):
+        w.write(rows_like(spec, 64))
+    return ring
+
+
+def pong_figures(repeats: int, batch: int, folder: Path) -> dict:
+    """Per layout, alternated: write cost (fresh and touched pages), bytes per row, sampling rates."""
+    recorded = Recorded(400)
+    keys = ("fresh", "touched", "bytes", "fixed", "uniform", "prioritized")
+    got = {name: {k: [] for k in keys} for name in LAYOUTS}
+    for _ in range(repeats):
+        for name, frames_once in LAYOUTS.items():
+            run = PongRun(frames_once, recorded, folder)
+            try:
+                g = got[name]
+                g["fresh"].append(run.lap())  # a new ring: every page is touched for the first time
+                g["touched"].append(run.lap())
+                g["bytes"].append(run.bytes_per_row())
+                g["fixed"].append(run.fixed_bytes())
+                g["uniform"].append(sample_rate(run.shared.ring, batch, False))
+                g["prioritized"].append(sample_rate(run.shared.ring, batch, True))
+            finally:
+                run.close()
+    return {name: {k: statistics.median(v) for k, v in g.items()} for name, g in got.items()}
+
+
+def plan_rows(pong: dict) -> list[dict]:
+    """What threadripper.yaml's 2M rows need, and where `capacity: auto` starts (64 GB computed, here measured)."""
+    out = []
+    for name, frames_once in LAYOUTS.items():
+        cfg = load_config(
+            "configs/threadripper.yaml", ["learner.device=cpu", f"replay.frames_once={str(frames_once).lower()}"]
+        )
+        p = plan(cfg)
+        row, fixed, cap = pong[name]["bytes"], pong[name]["fixed"], p.ring.capacity_max
+        out += [
+            {"what": f"{name}: threadripper.yaml's 2,000,000 rows, all segments",
+             "value": f"{(2e6 * row + fixed) / 2**30:,.1f} GiB ({row + fixed / 2e6:,.0f} B a row)"},
+            {"what": f"{name}: capacity auto start, 64 GB machine (a quarter of it, computed)",
+             "value": f"{min(cap, 16e9 // p.ring.bytes_per_row):,.0f} rows"},
+            {"what": f"{name}: capacity auto start here (preflight)", "value": f"{p.knobs.capacity.start:,} rows"},
+        ]  # fmt: skip
+    sb3 = 4 * 84 * 84 + 8 + 4 + 4 + 8  # one stacked observation per row, next_obs is the next row's
+    out.append({"what": "SB3 optimize_memory_usage (computed, per row)", "value": f"{sb3:,} B"})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,48 +177,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    results: dict = {"layouts": layouts(), "sampling": [], "write": []}
-    for name, (shape, dtype, rows) in SHAPES.items():
-        ring = filled(name, shape, dtype, rows)
-        try:
-            uniform, prio = [], []
-            for _ in range(args.repeats):  # alternated, so drift hits both alike
-                uniform.append(sample_rate(ring, args.batch, False))
-                prio.append(sample_rate(ring, args.batch, True))
-            u, p = statistics.median(uniform), statistics.median(prio)
-            results["sampling"].append({"rows": name, "uniform": u, "prioritized": p, "ratio": p / u})
-        finally:
-            ring.destroy()
-    pong = RingSpec.for_transitions((4, 84, 84), "uint8", 4096)
-    ring = ReplayRing.create(f"mp_rl.bench{time.time_ns()}.write", pong, OPEN)
+    with tempfile.TemporaryDirectory() as folder:
+        pong = pong_figures(args.repeats, args.batch, Path(folder))
+    ring = cartpole_ring()
     try:
-        fresh, warm = write_cost(ring)
-        results["write"].append({"rows": "Pong", "fresh_ms": fresh * 1e3, "warm_ms": warm * 1e3,
-                                 "per_step_us": warm / 64 * 1e6})  # fmt: skip
+        uniform, prio = [], []
+        for _ in range(args.repeats):  # alternated, so drift hits both alike
+            uniform.append(sample_rate(ring, args.batch, False))
+            prio.append(sample_rate(ring, args.batch, True))
     finally:
         ring.destroy()
-    today = results["layouts"][0]["bytes"]
-    avail = resources.available_memory()
-    here = f"capacity: auto start here ({avail / 2**30:.1f} GiB available)"
-    plan_rows = [
-        {"what": "threadripper.yaml's 2,000,000 Pong rows, today's layout", "value": f"{2e6 * today / 2**30:,.1f} GiB"},
-        {"what": "capacity: auto start on a 64 GB machine (a quarter of it)", "value": f"{16e9 / today:,.0f} rows"},
-        {"what": here, "value": f"{avail / 4 / today:,.0f} rows"},
+    base, new = pong["whole rows"], pong["frame rows"]
+    layout = [{"layout": name, **fig, "fresh_us": fig["fresh"] * 1e6, "touched_us": fig["touched"] * 1e6,
+               "fixed_mb": fig["fixed"] / 1e6} for name, fig in pong.items()]  # fmt: skip
+    ratios = {"bytes": base["bytes"] / new["bytes"], "uniform": new["uniform"] / base["uniform"],
+              "fresh": new["fresh"] / base["fresh"], "touched": new["touched"] / base["touched"]}  # fmt: skip
+    sampling = [
+        {"rows": "CartPole", "uniform": statistics.median(uniform), "prioritized": statistics.median(prio)},
+        {"rows": "Pong, frame rows", "uniform": new["uniform"], "prioritized": new["prioritized"]},
+        {"rows": "Pong, whole rows", "uniform": base["uniform"], "prioritized": base["prioritized"]},
     ]
-    results["plan"] = plan_rows
-    print(f"replay: batch {args.batch}, medians of {args.repeats} alternated repeats\n")
-    print(table(results["layouts"], [("layout", "Pong row layout", "s"), ("bytes", "bytes / transition", ",.0f"),
-                                     ("x", "today is ×", ".1f")]))  # fmt: skip
+    for r in sampling:
+        r["ratio"] = r["prioritized"] / r["uniform"]
+    results = {"pong": layout, "ratios": ratios, "sampling": sampling, "plan": plan_rows(pong)}
+    print(f"replay: Pong rows through the actor, batch {args.batch}, medians of {args.repeats} alternated repeats\n")
+    print(table(layout, [("layout", "Pong layout", "s"), ("bytes", "ring bytes / transition", ",.0f"),
+                         ("fixed_mb", "control + board, MB", ".1f"),
+                         ("uniform", f"rows/s into a {args.batch} batch", ",.0f"),
+                         ("fresh_us", "actor µs / step, fresh pages", ".1f"),
+                         ("touched_us", "actor µs / step, touched pages", ".1f")]))  # fmt: skip
+    print(
+        f"\nframe rows vs whole rows: {ratios['bytes']:.1f}x fewer bytes, {ratios['uniform']:.2f}x the sampling "
+        f"rate, {ratios['fresh']:.2f}x / {ratios['touched']:.2f}x the actor's time per step (fresh / touched)\n"
+    )
+    print(table(sampling, [("rows", "rows", "s"), ("uniform", "uniform rows/s", ",.0f"),
+                           ("prioritized", "prioritized rows/s", ",.0f"),
+                           ("ratio", "prioritized ÷ uniform", ".2f")]))  # fmt: skip
     print()
-    print(table(results["sampling"], [("rows", "rows", "s"), ("uniform", "uniform rows/s", ",.0f"),
-                                      ("prioritized", "prioritized rows/s", ",.0f"),
-                                      ("ratio", "prioritized ÷ uniform", ".2f")]))  # fmt: skip
-    print()
-    print(table(results["write"], [("rows", "rows", "s"), ("fresh_ms", "64-row block, fresh pages (ms)", ".2f"),
-                                   ("warm_ms", "64-row block, touched pages (ms)", ".2f"),
-                                   ("per_step_us", "per step (µs)", ".1f")]))  # fmt: skip
-    print()
-    print(table(plan_rows, [("what", "", "s"), ("value", "", "s")]))
+    print(table(results["plan"], [("what", "", "s"), ("value", "", "s")]))
     print(f"\nresults: {write_results('replay', args.out, results)}")
     return 0
 
