@@ -191,3 +191,37 @@ def test_inspect_reads_a_live_ring_without_touching_it(live):
     assert "replay" in text and "newest rows:" in text
     rc, _, err = run.stop(timeout=30)
     assert rc == 0, err
+
+
+def stamp(frames: np.ndarray) -> np.ndarray:
+    """(uid, episode, step) that `StampFrames` wrote into each frame, shape (..., 3)."""
+    code = frames[..., 0, :5].astype(np.int64)
+    return np.stack([code[..., 0], code[..., 1] + 256 * code[..., 2], code[..., 3] + 256 * code[..., 4]], axis=-1)
+
+
+@pytest.mark.timeout(240)
+def test_frame_rows_from_a_run_and_an_attached_actor_are_whole_stacks(live):
+    """Stacked image observations through the supervisor, the learner, an attached actor and inspect:
+    every stack the ring serves is one episode's consecutive frames, its first padded with the reset
+    frame, and its next observation 1..n steps later in the same episode."""
+    run = live("--config", "configs/smoke.yaml", "env.id=mp_rl.testing:StackedStampFrames", "env.envs_per_actor=2",
+               "run.total_env_steps=100000000", "run.wall_time_s=600", "eval.max_episode_steps=50")  # fmt: skip
+    run.wait_members({"learner", "actor-0"})
+    proc = attach(run.run_dir)
+    wait_for(lambda: joined(run, proc, 1), 60, "an attached actor")
+    with SharedRun.attach(run.run_dir) as shared:
+        assert shared.ring.spec.frames is not None
+        wait_for(lambda: shared.control.counters()["updates"] > 20, 120, "the learner training on frame rows")
+        wait_for(lambda: [m for m in running_attached(shared) if m["steps"] > 0], 60, "the attached actor stepping")
+        ctrl_c(proc)
+        _, rows = read_rows(shared.ring, np.arange(*shared.ring.window()))
+    obs, nxt = stamp(rows["obs"]), stamp(rows["next_obs"])
+    assert len(obs) > 500
+    want = np.maximum(obs[:, -1:, 2] - np.arange(3, -1, -1), 0)  # the newest step back, clamped at the reset
+    assert (obs[:, :, :2] == obs[:, -1:, :2]).all() and (obs[:, :, 2] == want).all()
+    assert (nxt[:, -1, :2] == obs[:, -1, :2]).all() and np.isin(nxt[:, -1, 2] - obs[:, -1, 2], [1, 2, 3]).all()
+    cmd = [sys.executable, "-m", "mp_rl.tools.inspect", str(run.run_dir), "--rows", "2"]
+    text = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "(frames stored once)" in text and '"shape": [4, 84, 84]' in text, text
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
