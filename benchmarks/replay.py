@@ -163,7 +163,8 @@ def plan_rows(pong: dict) -> list[dict]:
             {"what": f"{name}: threadripper.yaml's 2,000,000 rows, all segments",
              "value": f"{(2e6 * row + fixed) / 2**30:,.1f} GiB ({row + fixed / 2e6:,.0f} B a row)"},
             {"what": f"{name}: capacity auto start, 64 GB machine (a quarter of it, computed)",
-             "value": f"{min(cap, 16e9 // p.ring.bytes_per_row):,.0f} rows"},
+             "value": f"{min(cap, 16e9 // p.ring.bytes_per_row):,.0f} rows"
+                      + (" (all of capacity_max)" if 16e9 // p.ring.bytes_per_row >= cap else "")},
             {"what": f"{name}: capacity auto start here (preflight)", "value": f"{p.knobs.capacity.start:,} rows"},
         ]  # fmt: skip
     sb3 = 4 * 84 * 84 + 8 + 4 + 4 + 8  # one stacked observation per row, next_obs is the next row's
