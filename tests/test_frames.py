@@ -257,3 +257,36 @@ def test_frames_are_written_and_read_between_the_stamp_fences(shm_name, monkeypa
     finally:
         ring.stamps = ring.frames = None
         ring.destroy()
+
+
+def test_capacity_auto_the_memory_check_and_the_monitor_count_a_frame_rows_bytes(tmp_path, shm_name):
+    from mp_rl.config import load_config
+    from mp_rl.monitor.monitor import Monitor
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start import resources
+    from mp_rl.start.preflight import StartError, plan
+
+    def cfg(frames_once: bool, *more: str):
+        return load_config("configs/smoke.yaml", ["env.id=mp_rl.testing:StackedStampFrames", "replay.capacity=auto",
+                                                  f"replay.frames_once={str(frames_once).lower()}", *more])  # fmt: skip
+
+    huge = "replay.capacity_max=100000000"
+    framed, whole = plan(cfg(True, huge)), plan(cfg(False, huge))
+    assert framed.ring.bytes_per_row < whole.ring.bytes_per_row / 6
+    ratio = framed.knobs.capacity.start / whole.knobs.capacity.start
+    assert ratio == pytest.approx(whole.ring.bytes_per_row / framed.ring.bytes_per_row, rel=0.05)
+    rows = int(0.9 * resources.available_memory() / whole.ring.bytes_per_row * 1.5)  # fits as frame rows only
+    sized = (f"replay.capacity={rows}", f"replay.capacity_max={rows}")
+    assert plan(cfg(True, *sized)).knobs.capacity.start == rows
+    with pytest.raises(StartError, match="does not fit"):
+        plan(cfg(False, *sized))
+    small = RingSpec.for_frames((84, 84), "uint8", 4, 3, 8192, 32).normalised()
+    shared = SharedRun.create(
+        tmp_path, shm_name("m").split(".")[1], small, RateLimit(None, 1, 0, 32, 64), framed.numel, 8
+    )
+    try:
+        mon = Monitor(framed.cfg, shared, tmp_path, framed.knobs)
+        assert mon.row_bytes == shared.ring.spec.bytes_per_row < 8_500
+        mon.close()
+    finally:
+        shared.close()
