@@ -290,3 +290,21 @@ def test_capacity_auto_the_memory_check_and_the_monitor_count_a_frame_rows_bytes
         mon.close()
     finally:
         shared.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d["frames"].update(area=64),  # smaller than a block's steps plus its stack
+        lambda d: d["frames"].update(area=40000),  # beyond what int16 positions reach
+        lambda d: d["frames"].update(dtype="|O"),
+        lambda d: d["frames"].update(stack=0),
+        lambda d: d.update(frames=[1, 2]),
+        lambda d: d["fields"].pop(),  # no positions to rebuild from
+    ],
+)
+def test_a_damaged_frame_spec_in_a_manifest_is_refused(damage):
+    d = RingSpec.for_frames((84, 84), "uint8", 4, 3, 8192).normalised().to_json()
+    damage(d)
+    with pytest.raises(ValueError):
+        RingSpec.from_json(d)
