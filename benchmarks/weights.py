@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from benchmarks.common import median_time, table, write_results
-from mp_rl.agent.models import NatureCNN
+from mp_rl.agent.models import nature_cnn
 from mp_rl.shm import atomics
 from mp_rl.shm.board import WeightBoard, flatten_parameters
 from mp_rl.shm.segment import Segment
@@ -34,7 +34,7 @@ ACTIONS = 6
 
 def queue_actor(q, acks, iters: int, out) -> None:
     torch.set_num_threads(1)
-    model, lat = NatureCNN(4, ACTIONS), []
+    model, lat = nature_cnn(4, 84, 84, ACTIONS, False), []
     for _ in range(iters):
         t0, state = q.get()
         model.load_state_dict(state)
@@ -48,7 +48,7 @@ def board_actor(entry: dict, bell_name: str, acks, iters: int, out) -> None:
     torch.set_num_threads(1)
     board, bell = WeightBoard.from_manifest(entry), Segment.attach(bell_name)
     wake, t0_addr = Wakeup(bell.address), bell.address + 64
-    flat, have, lat = flatten_parameters(NatureCNN(4, ACTIONS)), 0, []
+    flat, have, lat = flatten_parameters(nature_cnn(4, 84, 84, ACTIONS, False)), 0, []
     acks.put(0)
     while have < iters:
         wake.wait_for(lambda have=have: board.version > have, 10.0)
@@ -61,7 +61,7 @@ def board_actor(entry: dict, bell_name: str, acks, iters: int, out) -> None:
 
 
 def run_queue(ctx, iters: int) -> float:
-    model = NatureCNN(4, ACTIONS)
+    model = nature_cnn(4, 84, 84, ACTIONS, False)
     q, acks, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
     p = ctx.Process(target=queue_actor, args=(q, acks, iters, out))
     p.start()
@@ -74,7 +74,7 @@ def run_queue(ctx, iters: int) -> float:
 
 
 def run_board(ctx, iters: int) -> float:
-    flat = flatten_parameters(NatureCNN(4, ACTIONS))
+    flat = flatten_parameters(nature_cnn(4, 84, 84, ACTIONS, False))
     stamp = int(time.time())
     board = WeightBoard.create(f"mp_rl.bench{stamp}.board", flat.numel())
     bell = Segment.create(f"mp_rl.bench{stamp}.bell", 4096)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    numel = sum(p.numel() for p in NatureCNN(4, ACTIONS).parameters())
+    numel = sum(p.numel() for p in nature_cnn(4, 84, 84, ACTIONS, False).parameters())
     cost = pure_costs(numel)
     q_mp = run_queue(mp.get_context("spawn"), max(10, args.iters // 2))
     q_torch = run_queue(tmp.get_context("spawn"), max(10, args.iters // 2))

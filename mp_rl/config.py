@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import reprlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,8 +51,22 @@ class RunConfig(_Section):
     )
 
 
+# `env.register` is the name users expect; it shadows ABCMeta.register, which no config ever calls.
+warnings.filterwarnings("ignore", message='Field name "register" in "EnvConfig" shadows', category=UserWarning)
+
+
 class EnvConfig(_Section):
-    id: str = Field("CartPole-v1", min_length=1, description="Gymnasium id, or 'module:Class'.")
+    id: str = Field(
+        "CartPole-v1", min_length=1, max_length=200,
+        description="Gymnasium id ('module:EnvId' imports module first), or 'module:Class'.",
+    )  # fmt: skip
+    kwargs: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], Any] = Field(
+        default_factory=dict, max_length=64, description="Keyword arguments for the environment's constructor."
+    )
+    register: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'package.module:function' called before the env is made (it registers ids).",
+    )  # fmt: skip
     envs_per_actor: int = Field(8, ge=1, le=1024, description="Environments per actor, stepped as one vector env.")
     frame_stack: int = Field(4, ge=1, le=16, description="Frames stacked per observation (Atari ids only).")
     max_episode_steps: int | None = Field(
@@ -127,6 +142,9 @@ class LearnerConfig(_Section):
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
     dueling: bool = Field(True, description="Dueling value/advantage head.")
+    network: Literal["auto", "nature_cnn", "small_cnn", "mlp"] = Field(
+        "auto", description="auto: Nature CNN for >= 36x36 images, small CNN for smaller ones, MLP for the rest."
+    )
     hidden: tuple[Width, ...] = Field(
         (128, 128), min_length=1, max_length=8, description="MLP hidden sizes (vector observations)."
     )

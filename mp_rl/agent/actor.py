@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mp_rl.agent.envs import EnvSpec, make_vector_env
-from mp_rl.agent.models import build_q_network
+from mp_rl.agent.models import q_network
 from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
@@ -46,7 +46,7 @@ class Actor:
         self.epsilon = ape_x_epsilon(index, count, cfg.actors.eps_base, cfg.actors.eps_alpha)
         self.env = make_vector_env(cfg.env, seed)
         self.num_envs = self.env.num_envs
-        self.policy = build_q_network(spec.obs_shape, spec.n_actions, cfg.learner.hidden, cfg.learner.dueling)
+        self.policy = q_network(spec, cfg.learner)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
         self.builder = self._builder(cfg, shared.ring.spec, spec)

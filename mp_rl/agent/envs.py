@@ -1,13 +1,15 @@
-"""Environments: Gymnasium ids or `module:Class`, batched per actor as one vector env.
+"""Environments: Gymnasium ids (`module:EnvId` too) or `module:Class`, batched per actor as one vector env.
 
-Atari ids (`ALE/...`) get Gymnasium's AtariPreprocessing (84x84 grey, frame skip 4, no-op starts)
-and frame stacking, observations kept uint8. Missing Atari support is one clear line naming the
-`atari` extra, raised before anything starts.
+`env.kwargs` go to the constructor; `env.register` names a function to call first (one that registers
+ids). Atari ids (`ALE/...`) get Gymnasium's AtariPreprocessing (84x84 grey, frame skip 4, no-op
+starts) and frame stacking, observations kept uint8; MinAtar ids (`MinAtar/...`) are registered from
+the `minatar` package. A missing extra is one clear line naming it, raised before anything starts.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,10 +31,57 @@ class EnvSpec:
     obs_dtype: str
     n_actions: int
     frame_stack: int = 1  # > 1: observations are stacks whose frames overlap the next one's (frame rows)
+    obs_scale: float = 1.0  # what the network multiplies stored observations by (1/255 for 0..255 pixels)
 
 
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
+
+
+_REGISTERED: set[str] = set()  # hooks already run in this process: ids are registered once
+
+
+def _register(path: str) -> None:
+    """Call `env.register`'s 'package.module:function' (once per process); its failures are one line."""
+    if path in _REGISTERED:
+        return
+    module_name, _, name = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), name, None)
+    except ImportError as exc:
+        raise EnvError(f"env.register {path!r}: cannot import {module_name}: {exc}") from None
+    if not callable(fn):
+        raise EnvError(f"env.register {path!r}: {name} is not a function in {module_name}")
+    try:
+        fn()
+    except Exception as exc:
+        raise EnvError(f"env.register {path!r} failed: {exc.__class__.__name__}: {exc}") from None
+    _REGISTERED.add(path)
+
+
+def _import_prefix(env_id: str) -> str:
+    """Gymnasium's 'module:EnvId' form: import the module (it registers the id), return the id."""
+    module_name, sep, rest = env_id.partition(":")
+    if not sep:
+        return env_id
+    try:
+        importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EnvError(f"env.id {env_id!r}: cannot import {module_name}: {exc}") from None
+    return rest
+
+
+def _register_minatar(env_id: str) -> None:
+    """MinAtar registers its ids from a function, once per process."""
+    try:
+        logging.disable(logging.WARNING)  # minatar.gym warns at import that seaborn (for rendering) is missing
+        import minatar.gym
+    except ImportError:
+        raise EnvError(f"env.id {env_id!r} needs the minatar extra: pip install -e '.[minatar]'") from None
+    finally:
+        logging.disable(logging.NOTSET)
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        minatar.gym.register_envs()
 
 
 def _class_factory(env_id: str) -> Callable[[], gym.Env] | None:
@@ -52,10 +101,15 @@ def _class_factory(env_id: str) -> Callable[[], gym.Env] | None:
 
 def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
     """A zero-argument constructor for one (wrapped) environment; validates the id first."""
-    env_id = cfg.id
+    env_id, kwargs = cfg.id, dict(cfg.kwargs)
+    if cfg.register:
+        _register(cfg.register)
     cls = _class_factory(env_id)
     if cls is not None:
-        return lambda: _limit(cls(), cfg)
+        return lambda: _limit(cls(**kwargs), cfg)
+    env_id = _import_prefix(env_id)
+    if env_id.startswith("MinAtar/"):
+        _register_minatar(env_id)
     if is_atari(env_id):
         try:
             import ale_py
@@ -69,7 +123,7 @@ def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
         raise EnvError(f"env.id {env_id!r}: {exc}") from None
     if is_atari(env_id):
         return lambda: _atari(env_id, cfg)
-    return lambda: _limit(gym.make(env_id), cfg)
+    return lambda: _limit(gym.make(env_id, **kwargs), cfg)
 
 
 def _limit(env: gym.Env, cfg: EnvConfig) -> gym.Env:
@@ -80,7 +134,7 @@ def _limit(env: gym.Env, cfg: EnvConfig) -> gym.Env:
 
 def _atari(env_id: str, cfg: EnvConfig) -> gym.Env:
     # frameskip=1 in the base env: AtariPreprocessing does the skipping (and max-pools frames).
-    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)
+    env = gym.make(env_id, **{"frameskip": 1, "repeat_action_probability": 0.0, **cfg.kwargs})
     env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=30)
     env = gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
     return _limit(env, cfg)
@@ -109,8 +163,11 @@ def probe(cfg: EnvConfig) -> EnvSpec:
             raise EnvError(f"env.id {cfg.id!r}: mp_rl's DQN needs a Discrete action space, got {act}")
         if not isinstance(obs, gym.spaces.Box):
             raise EnvError(f"env.id {cfg.id!r}: needs a Box observation space, got {obs}")
-        dtype = np.dtype(np.uint8) if obs.dtype == np.uint8 else np.dtype(np.float32)
-        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n), frame_stack(env))
+        # Bytes stay bytes (pixels, and 0/1 grids such as MinAtar's bool planes); everything else is float32.
+        small = obs.dtype in (np.uint8, np.bool_)
+        dtype = np.dtype(np.uint8) if small else np.dtype(np.float32)
+        scale = 1 / 255 if obs.dtype == np.uint8 and np.max(obs.high) == 255 else 1.0
+        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n), frame_stack(env), scale)
     finally:
         env.close()
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.envs import EnvSpec, make_vector_env
-from mp_rl.agent.models import build_q_network
+from mp_rl.agent.models import q_network
 from mp_rl.config import Config, EnvConfig
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
@@ -57,7 +57,7 @@ class Evaluator:
     def __init__(self, cfg: Config, spec: EnvSpec, shared: SharedRun, run_dir: Path):
         self.cfg, self.shared, self.run_dir = cfg, shared, run_dir
         lc = cfg.learner
-        self.policy = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling)
+        self.policy = q_network(spec, lc)
         self.flat = flatten_parameters(self.policy)
         self.last: float | None = None
         self.best = -math.inf

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.envs import EnvSpec
-from mp_rl.agent.models import build_q_network
+from mp_rl.agent.models import q_network
 from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.config import Config
@@ -110,7 +110,7 @@ class Learner:
         self.cfg, self.shared, self.batch = cfg, shared, batch
         self.device = device or pick_device(cfg.learner.device)
         lc = cfg.learner
-        self.online = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling).to(self.device)
+        self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=1.5e-4)

@@ -1,11 +1,28 @@
-"""Q-networks: an MLP for vector observations, the Nature CNN for stacked frames; optional dueling head."""
+"""Q-networks chosen from the observation: the Nature CNN for Atari-sized frames, MinAtar's small CNN for
+small images (channels first or last), an MLP for vectors and, flattened, anything else; optional dueling head.
+
+`learner.network` picks one by hand; `check_network` is what preflight runs so that a network that cannot
+take the observation is one line before anything starts, never a crash loop in the actors.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from mp_rl.agent.envs import EnvSpec
+    from mp_rl.config import LearnerConfig
+
+NETWORKS = ("auto", "nature_cnn", "small_cnn", "mlp")
+NATURE_MIN = 36  # the Nature CNN's three convolutions need at least 36x36 pixels
+
+
+class NetworkError(ValueError):
+    """`learner.network` cannot take this observation; str() is the one line to show."""
 
 
 class DuelingHead(nn.Module):
@@ -20,34 +37,102 @@ class DuelingHead(nn.Module):
         return self.value(h) + a - a.mean(dim=1, keepdim=True)
 
 
-def mlp_q(obs_dim: int, n_actions: int, hidden: tuple[int, ...] = (128, 128), dueling: bool = True) -> nn.Module:
-    layers, width = [], obs_dim
+def head(features: int, n_actions: int, dueling: bool) -> nn.Module:
+    return DuelingHead(features, n_actions) if dueling else nn.Linear(features, n_actions)
+
+
+class Prep(nn.Module):
+    """Observations as stored (uint8 frames, 0/1 grids, float vectors) to float32, scaled; images to (N, C, H, W)."""
+
+    def __init__(self, scale: float, channels_last: bool = False):
+        super().__init__()
+        self.scale, self.channels_last = scale, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * self.scale if self.scale != 1.0 else x.float()
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
+
+
+def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int, bool] | None:
+    """(channels, height, width, channels_last) of a 3-D observation; None for any other rank.
+
+    The channel axis is the smallest one at either end: (4, 84, 84) frame stacks, (10, 10, 4) MinAtar grids.
+
+    >>> image_layout((4, 84, 84)), image_layout((10, 10, 4)), image_layout((8,))
+    ((4, 84, 84, False), (4, 10, 10, True), None)
+    """
+    if len(shape) != 3:
+        return None
+    a, b, c = shape
+    if c < min(a, b):
+        return c, a, b, True
+    return a, b, c, False
+
+
+def nature_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool) -> nn.Sequential:
+    """Mnih et al. 2015 (about 1.7M parameters for 4 frames of 84x84)."""
+    size = lambda x: ((x - 8) // 4 + 1 - 4) // 2 + 1 - 2  # noqa: E731 (the three convolutions, one side)
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(64 * size(h) * size(w), 512), nn.ReLU(), head(512, n_actions, dueling),
+    )  # fmt: skip
+
+
+def small_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool) -> nn.Sequential:
+    """MinAtar's reference network (Young & Tian 2019): one 3x3 convolution of 16 channels, 128 units."""
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * (h - 2) * (w - 2), 128), nn.ReLU(), head(128, n_actions, dueling),
+    )  # fmt: skip
+
+
+def mlp(width: int, n_actions: int, hidden: tuple[int, ...], dueling: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
-    head = DuelingHead(width, n_actions) if dueling else nn.Linear(width, n_actions)
-    return nn.Sequential(*layers, head)
+    return nn.Sequential(*layers, head(width, n_actions, dueling))
 
 
-class NatureCNN(nn.Module):
-    """Mnih et al. 2015: 84x84 uint8 frames in, Q-values out (about 1.7M parameters for 4 frames)."""
+def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
+    """The network `auto` means for this observation, or the one asked for; NetworkError if it cannot take it."""
+    image = image_layout(obs_shape)
+    if network == "auto":
+        if image is None:
+            return "mlp"
+        return "nature_cnn" if min(image[1:3]) >= NATURE_MIN else "small_cnn"
+    need = {"nature_cnn": NATURE_MIN, "small_cnn": 3}.get(network)
+    if need is not None and (image is None or min(image[1:3]) < need):
+        raise NetworkError(
+            f"learner.network {network} needs (C, H, W) or (H, W, C) images of at least {need}x{need}; "
+            f"the observation is {tuple(obs_shape)}"
+        )
+    if network not in NETWORKS:
+        raise NetworkError(f"learner.network: unknown network {network!r}, one of {', '.join(NETWORKS)}")
+    return network
 
-    def __init__(self, in_frames: int, n_actions: int, dueling: bool = False):
-        super().__init__()
-        self.torso = nn.Sequential(
-            nn.Conv2d(in_frames, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(),
-        )  # fmt: skip
-        self.head = DuelingHead(512, n_actions) if dueling else nn.Linear(512, n_actions)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(frames.float() / 255.0))
+def build_q_network(
+    obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool,
+    network: str = "auto", scale: float = 1.0,
+) -> nn.Module:  # fmt: skip
+    """The Q-network for an observation: raw stored observations in, Q-values out."""
+    kind = choose(tuple(obs_shape), network)
+    if kind == "mlp":
+        return nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling))
+    c, h, w, last = image_layout(tuple(obs_shape))
+    build = nature_cnn if kind == "nature_cnn" else small_cnn
+    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling))
 
 
-def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool) -> nn.Module:
-    """Nature CNN for (frames, 84, 84) observations, an MLP for flat vectors."""
-    if len(obs_shape) == 3:
-        return NatureCNN(obs_shape[0], n_actions, dueling)
-    return mlp_q(math.prod(obs_shape), n_actions, hidden, dueling)
+def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
+    """The network a run's learner, actors and evaluator all build for its env."""
+    return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale)
+
+
+def check_network(net: nn.Module, obs_shape: tuple[int, ...]) -> None:
+    """Run a shape-only forward pass (meta tensors: nothing allocated); raises what the real one would."""
+    with torch.device("meta"):
+        net(torch.empty((2, *obs_shape)))

@@ -105,6 +105,9 @@ def _checked(m: object) -> dict:
         numeric_dtype(env["obs_dtype"])
         if not all(isinstance(d, int) and d > 0 for d in _want(env["obs_shape"], list, "info.env.obs_shape")):
             raise ValueError("info.env.obs_shape must be a list of positive integers")
+        scale = env.get("obs_scale")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 1e6:
+            raise ValueError("info.env.obs_scale must be a positive number")
     _want(info.get("config", ""), str, "info.config")
     return m
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mp_rl.agent.envs import EnvError, EnvSpec, probe
-from mp_rl.agent.models import build_q_network
+from mp_rl.agent.models import NetworkError, check_network, q_network
 from mp_rl.config import Config
 from mp_rl.shm.ring import RingSpec
 from mp_rl.shm.sync import RateLimit, RateLimitError
@@ -144,6 +144,8 @@ def plan(cfg: Config) -> Plan:
         raise StartError(str(exc)) from None
     try:  # a network that cannot take the observation, or a size torch refuses, is one line here
         numel = numel_for(cfg, spec)
+    except NetworkError as exc:
+        raise StartError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         raise StartError(f"learner: cannot build the Q-network for {spec.obs_shape}: {str(exc)[:160]}") from None
     # Online, target, gradients, Adam's two moments and the board's two slots: 7 float32 copies.
@@ -181,9 +183,9 @@ def ring_spec(cfg: Config, spec: EnvSpec) -> RingSpec:
 
 def numel_for(cfg: Config, spec: EnvSpec) -> int:
     """Parameter count of the Q-network this config builds (the weight board's size)."""
-    lc = cfg.learner
     with torch.device("meta"):  # shapes only: a network too large for memory is counted, not allocated
-        net = build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling)
+        net = q_network(spec, cfg.learner)
+    check_network(net, spec.obs_shape)  # the forward pass too, so a shape it cannot take fails here
     return sum(q.numel() for q in net.parameters())
 
 

@@ -15,7 +15,8 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None) -> SharedR
     hardware profile, the shared segments and manifest, counters restored, the plan's targets set."""
     write_private(run_dir / "config.yaml", dump_config(plan.cfg))
     write_json_atomic(run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
-    env = {"obs_shape": list(plan.spec.obs_shape), "obs_dtype": plan.spec.obs_dtype, "n_actions": plan.spec.n_actions}
+    e = plan.spec
+    env = {"obs_shape": list(e.obs_shape), "obs_dtype": e.obs_dtype, "n_actions": e.n_actions, "obs_scale": e.obs_scale}
     info = {"env": env, "config": "config.yaml", "knobs": plan.knobs.to_json()}  # paths relative to the run folder
     shared = SharedRun.create(
         run_dir, run_dir.name, plan.ring, plan.limit, plan.numel, plan.max_members, plan.capacity, info

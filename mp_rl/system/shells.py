@@ -112,7 +112,7 @@ def member_of(run_dir: str, slot: int, log: logging.Logger) -> Iterator[SharedRu
 def env_spec_of(shared: SharedRun) -> EnvSpec:
     """The env spec the supervisor recorded in the manifest (members never probe the env again)."""
     e = shared.info["env"]
-    return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]))
+    return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]), obs_scale=float(e["obs_scale"]))
 
 
 def pin(cfg: Config, actor_index: int | None) -> None:
