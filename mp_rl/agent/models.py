@@ -1,5 +1,6 @@
 """Q-networks chosen from the observation: the Nature CNN for Atari-sized frames, MinAtar's small CNN for
-small images (channels first or last), an MLP for vectors and, flattened, anything else; optional dueling head.
+small images (channels first or last; from 3x3), an MLP for vectors and, flattened, anything else;
+optional dueling head.
 
 `learner.network` picks one by hand; `check_network` is what preflight runs so that a network that cannot
 take the observation is one line before anything starts, never a crash loop in the actors.
@@ -8,6 +9,7 @@ take the observation is one line before anything starts, never a crash loop in t
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -102,7 +104,8 @@ def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
     if network == "auto":
         if image is None:
             return "mlp"
-        return "nature_cnn" if min(image[1:3]) >= NATURE_MIN else "small_cnn"
+        side = min(image[1:3])
+        return "nature_cnn" if side >= NATURE_MIN else "small_cnn" if side >= 3 else "mlp"
     need = {"nature_cnn": NATURE_MIN, "small_cnn": 3}.get(network)
     if need is not None and (image is None or min(image[1:3]) < need):
         raise NetworkError(
@@ -134,5 +137,6 @@ def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
 
 def check_network(net: nn.Module, obs_shape: tuple[int, ...]) -> None:
     """Run a shape-only forward pass (meta tensors: nothing allocated); raises what the real one would."""
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on empty tensors: the error, if any, is what counts
         net(torch.empty((2, *obs_shape)))
