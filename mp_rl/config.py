@@ -142,6 +142,10 @@ class LearnerConfig(_Section):
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
     dueling: bool = Field(True, description="Dueling value/advantage head.")
+    algo: Literal["dqn", "qr_dqn"] = Field(
+        "dqn", description="dqn: Double DQN; qr_dqn: quantile regression (Dabney et al. 2018), Double DQN targets."
+    )
+    n_quantiles: int = Field(50, ge=2, le=512, description="qr_dqn: quantiles of each action's return.")
     network: Literal["auto", "nature_cnn", "small_cnn", "mlp"] = Field(
         "auto", description="auto: Nature CNN for >= 36x36 images, small CNN for smaller ones, MLP for the rest."
     )

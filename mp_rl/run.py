@@ -12,7 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from mp_rl.agent import checkpoint
+from mp_rl.agent.models import q_network
 from mp_rl.cli import Parser, fail
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
@@ -57,6 +60,18 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
     return run_dir / "config.yaml", ckpt, state
 
 
+def fits_network(run_plan, state: dict, ckpt: Path) -> None:
+    """StartError unless the checkpoint's model has the parameter names and shapes this config's network has
+    (an older mp_rl's network, or a changed env, `learner.network`, `algo` or `hidden`, would not load)."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in q_network(run_plan.spec, run_plan.cfg.learner).state_dict().items()}
+    model = state["model"]
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in model.items()} if isinstance(model, dict) else {}
+    if got != want:
+        raise StartError(f"--resume: checkpoint {ckpt.name} holds a different network than this config builds "
+                         "(written by another mp_rl version, or env / learner settings changed)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt = state = None
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             config_path, ckpt, state = resume_source(Path(args.resume).resolve())
         cfg = load_config(config_path, args.overrides)
         run_plan = plan(cfg)
+        if state is not None:
+            fits_network(run_plan, state, ckpt)
         if args.print_config:  # a dry run: checked like a real start, nothing created
             print(dump_config(cfg), end="")
             return 0

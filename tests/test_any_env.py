@@ -126,3 +126,13 @@ def test_a_minatar_id_without_the_extra_is_one_line(tmp_path):
         done.stderr.strip()
         == "mp_rl.run: env.id 'MinAtar/Breakout-v1' needs the minatar extra: pip install -e '.[minatar]'"
     )
+
+
+def test_resuming_with_a_config_that_builds_another_network_is_one_line(tmp_path):
+    done = run_cli("run.total_env_steps=1500", f"run.runs_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    cmd = [sys.executable, "-m", "mp_rl.run", "--resume", str(run_dir), "learner.algo=qr_dqn"]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "holds a different network than this config builds" in again.stderr

@@ -13,12 +13,12 @@ from mp_rl.system.serial import SerialRun
 RANDOM_CARTPOLE = 22.0  # mean return of a uniform random policy on CartPole-v1
 
 
-@pytest.mark.parametrize("prioritized", [False, True])
-def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path, prioritized):
+@pytest.mark.parametrize(("algo", "prioritized"), [("dqn", False), ("dqn", True), ("qr_dqn", False), ("qr_dqn", True)])
+def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path, algo, prioritized):
     cfg = load_config(
         "configs/cartpole.yaml",
         [f"run.runs_dir={tmp_path}", "run.total_env_steps=30000", "replay.min_fill=1000", "learner.device=cpu",
-         f"replay.prioritized={prioritized}"],
+         f"replay.prioritized={prioritized}", f"learner.algo={algo}"],
     )  # fmt: skip
     p = plan(cfg)
     with SerialRun(p, new_run_dir(cfg)) as run:

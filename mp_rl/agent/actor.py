@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mp_rl.agent.envs import EnvSpec, make_vector_env
-from mp_rl.agent.models import q_network
+from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
@@ -71,7 +71,7 @@ class Actor:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            actions = self.policy(torch.as_tensor(obs)).argmax(dim=1).numpy()
+            actions = q_values(self.policy(torch.as_tensor(obs))).argmax(dim=1).numpy()
         explore = self.rng.random(self.num_envs) < self.epsilon
         actions[explore] = self.rng.integers(0, self.spec.n_actions, int(explore.sum()))
         return actions

@@ -15,7 +15,7 @@ from torch import nn
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.envs import EnvSpec, make_vector_env
-from mp_rl.agent.models import q_network
+from mp_rl.agent.models import q_network, q_values
 from mp_rl.config import Config, EnvConfig
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
@@ -40,7 +40,7 @@ def greedy_returns(
             if cancelled():
                 raise Cancelled
             with torch.inference_mode():
-                actions = policy(torch.as_tensor(obs)).argmax(dim=1).numpy()
+                actions = q_values(policy(torch.as_tensor(obs))).argmax(dim=1).numpy()
             obs, reward, terminated, truncated, _ = env.step(actions)
             returns[running] += reward[running]
             running &= ~(terminated | truncated)

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mp_rl.agent import checkpoint
+from mp_rl.agent import checkpoint, quantiles
 from mp_rl.agent.envs import EnvSpec
-from mp_rl.agent.models import q_network
+from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.config import Config
@@ -151,15 +151,23 @@ class Learner:
         return None if batch is None else {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss (importance-weighted when prioritized) and each row's TD error."""
-        q = self.online(b["obs"]).gather(1, b["action"].long().unsqueeze(1)).squeeze(1)
+        """The batch's loss (importance-weighted when prioritized) and each row's TD error (QR-DQN: its
+        quantile loss, the magnitude its priority follows)."""
+        out = self.online(b["obs"])
         with torch.no_grad():
-            best = self.online(b["next_obs"]).argmax(dim=1, keepdim=True)  # Double DQN: online picks,
-            next_q = self.target(b["next_obs"]).gather(1, best).squeeze(1)  # target evaluates
-            y = b["reward"] + b["discount"] * next_q.float()
-        per_row = F.smooth_l1_loss(q.float(), y, reduction="none")
+            best = q_values(self.online(b["next_obs"])).argmax(dim=1)  # Double DQN: online picks,
+            nxt = self.target(b["next_obs"])  # target evaluates
+        if out.dim() == 3:  # quantiles (B, A, N): the target is the whole shifted distribution
+            y = b["reward"].unsqueeze(1) + b["discount"].unsqueeze(1) * quantiles.pick(nxt, best).float()
+            per_row = quantiles.quantile_huber(quantiles.pick(out, b["action"]).float(), y)
+            td = per_row.detach()
+        else:
+            q = out.gather(1, b["action"].long().unsqueeze(1)).squeeze(1).float()
+            y = b["reward"] + b["discount"] * nxt.gather(1, best.unsqueeze(1)).squeeze(1).float()
+            per_row = F.smooth_l1_loss(q, y, reduction="none")
+            td = (y - q).detach()
         loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
-        return loss, (y - q.float()).detach()
+        return loss, td
 
     def update(self, batch: dict[str, torch.Tensor]) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

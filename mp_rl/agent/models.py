@@ -28,19 +28,42 @@ class NetworkError(ValueError):
 
 
 class DuelingHead(nn.Module):
-    """Q = V + A - mean(A): separates the state value from the action advantages."""
+    """Q = V + A - mean(A): separates the state value from the action advantages. With `quantiles` > 0
+    each of V and A is that many quantile values, and so is each action's output (QR-DQN)."""
 
-    def __init__(self, features: int, n_actions: int):
+    def __init__(self, features: int, n_actions: int, quantiles: int = 0):
         super().__init__()
-        self.value, self.advantage = nn.Linear(features, 1), nn.Linear(features, n_actions)
+        self.n_actions, self.quantiles = n_actions, quantiles
+        self.value = nn.Linear(features, max(quantiles, 1))
+        self.advantage = nn.Linear(features, n_actions * max(quantiles, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        a = self.advantage(h)
-        return self.value(h) + a - a.mean(dim=1, keepdim=True)
+        a, v = self.advantage(h), self.value(h)
+        if self.quantiles:
+            a, v = a.view(-1, self.n_actions, self.quantiles), v.unsqueeze(1)
+        return v + a - a.mean(dim=1, keepdim=True)
 
 
-def head(features: int, n_actions: int, dueling: bool) -> nn.Module:
-    return DuelingHead(features, n_actions) if dueling else nn.Linear(features, n_actions)
+class QuantileHead(nn.Linear):
+    """A linear layer to (batch, actions, quantiles)."""
+
+    def __init__(self, features: int, n_actions: int, quantiles: int):
+        super().__init__(features, n_actions * quantiles)
+        self.n_actions, self.quantiles = n_actions, quantiles
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(h).view(-1, self.n_actions, self.quantiles)
+
+
+def head(features: int, n_actions: int, dueling: bool, quantiles: int = 0) -> nn.Module:
+    if dueling:
+        return DuelingHead(features, n_actions, quantiles)
+    return QuantileHead(features, n_actions, quantiles) if quantiles else nn.Linear(features, n_actions)
+
+
+def q_values(out: torch.Tensor) -> torch.Tensor:
+    """Q-values from a network's output: as they are, or the mean of each action's quantiles."""
+    return out.mean(dim=-1) if out.dim() == 3 else out
 
 
 class Prep(nn.Module):
@@ -71,31 +94,31 @@ def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int, bool] | None:
     return a, b, c, False
 
 
-def nature_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool) -> nn.Sequential:
+def nature_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0) -> nn.Sequential:
     """Mnih et al. 2015 (about 1.7M parameters for 4 frames of 84x84)."""
     size = lambda x: ((x - 8) // 4 + 1 - 4) // 2 + 1 - 2  # noqa: E731 (the three convolutions, one side)
     return nn.Sequential(
         nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * size(h) * size(w), 512), nn.ReLU(), head(512, n_actions, dueling),
+        nn.Flatten(), nn.Linear(64 * size(h) * size(w), 512), nn.ReLU(), head(512, n_actions, dueling, quantiles),
     )  # fmt: skip
 
 
-def small_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool) -> nn.Sequential:
+def small_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0) -> nn.Sequential:
     """MinAtar's reference network (Young & Tian 2019): one 3x3 convolution of 16 channels, 128 units."""
     return nn.Sequential(
         nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * (h - 2) * (w - 2), 128), nn.ReLU(), head(128, n_actions, dueling),
+        nn.Flatten(), nn.Linear(16 * (h - 2) * (w - 2), 128), nn.ReLU(), head(128, n_actions, dueling, quantiles),
     )  # fmt: skip
 
 
-def mlp(width: int, n_actions: int, hidden: tuple[int, ...], dueling: bool) -> nn.Sequential:
+def mlp(width: int, n_actions: int, hidden: tuple[int, ...], dueling: bool, quantiles: int = 0) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
-    return nn.Sequential(*layers, head(width, n_actions, dueling))
+    return nn.Sequential(*layers, head(width, n_actions, dueling, quantiles))
 
 
 def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
@@ -119,20 +142,22 @@ def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
 
 def build_q_network(
     obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool,
-    network: str = "auto", scale: float = 1.0,
+    network: str = "auto", scale: float = 1.0, quantiles: int = 0,
 ) -> nn.Module:  # fmt: skip
-    """The Q-network for an observation: raw stored observations in, Q-values out."""
+    """The Q-network for an observation: raw stored observations in, Q-values (B, A) out, or with
+    `quantiles` > 0 that many quantiles of each action's return (B, A, quantiles)."""
     kind = choose(tuple(obs_shape), network)
     if kind == "mlp":
-        return nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling))
+        return nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling, quantiles))
     c, h, w, last = image_layout(tuple(obs_shape))
     build = nature_cnn if kind == "nature_cnn" else small_cnn
-    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling))
+    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling, quantiles))
 
 
 def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
     """The network a run's learner, actors and evaluator all build for its env."""
-    return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale)
+    quantiles = lc.n_quantiles if lc.algo == "qr_dqn" else 0
+    return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale, quantiles)
 
 
 def check_network(net: nn.Module, obs_shape: tuple[int, ...]) -> None:
