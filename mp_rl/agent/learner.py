@@ -7,6 +7,7 @@ hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import queue
 import threading
@@ -100,6 +101,9 @@ class Prefetcher:
         self.thread.join(timeout=2.0)
 
 
+STATS, STATS_EVERY_S = "learner.jsonl", 2.0  # the training report's loss and mean Q
+
+
 class Learner:
     """Trains on sampled batches and publishes weights to the board."""
 
@@ -132,6 +136,9 @@ class Learner:
             self.sampler = shared.ring.sampler(self.max_batch, cuda, seed, self.priorities)
         self.updates = 0
         self.beat = 0.0  # when the last heartbeat went out
+        # Loss and mean Q summed on the device, read back (one host sync) when written to learner.jsonl.
+        self.q_mean = torch.zeros((), device=self.device)
+        self.sums, self.summed, self.stats_at = torch.zeros(2, device=self.device), 0, time.monotonic()
         # In its own process: usable CPUs, so intra-op threads follow what the live actors leave.
         self.fit_threads: Callable[[], int] | None = None
         if cuda:
@@ -159,13 +166,14 @@ class Learner:
             nxt = self.target(b["next_obs"])  # target evaluates
         if out.dim() == 3:  # quantiles (B, A, N): the target is the whole shifted distribution
             y = b["reward"].unsqueeze(1) + b["discount"].unsqueeze(1) * quantiles.pick(nxt, best).float()
-            per_row = quantiles.quantile_huber(quantiles.pick(out, b["action"]).float(), y)
-            td = per_row.detach()
+            z = quantiles.pick(out, b["action"]).float()
+            per_row = quantiles.quantile_huber(z, y)
+            td, self.q_mean = per_row.detach(), z.detach().mean()
         else:
             q = out.gather(1, b["action"].long().unsqueeze(1)).squeeze(1).float()
             y = b["reward"] + b["discount"] * nxt.gather(1, best.unsqueeze(1)).squeeze(1).float()
             per_row = F.smooth_l1_loss(q, y, reduction="none")
-            td = (y - q).detach()
+            td, self.q_mean = (y - q).detach(), q.detach().mean()
         loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
         return loss, td
 
@@ -179,6 +187,8 @@ class Learner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.updates += 1
+        self.sums += torch.stack([loss.detach().float(), self.q_mean.float()])
+        self.summed += 1
         lc = self.cfg.learner
         if lc.target_update:
             if self.updates % lc.target_update == 0:
@@ -217,6 +227,7 @@ class Learner:
             self.step_and_keep(slot, folder, prof, timeout=0.25)
         prof.close()
         self.close()
+        self.write_stats(folder.parent / STATS)  # the updates since the last line
         self.save(folder / "final.pt")
         if log is not None:
             log.info("final checkpoint at update %d", self.updates)
@@ -238,7 +249,26 @@ class Learner:
             self.shared.control.heartbeat(slot, steps=self.updates, weights=self.shared.board.version)
             self.beat = time.monotonic()
             self._fit_threads()
+        if time.monotonic() - self.stats_at > STATS_EVERY_S:
+            self.write_stats(folder.parent / STATS)
         return trained
+
+    def write_stats(self, path: Path) -> None:
+        """Append the mean loss and mean Q of the updates since the last call to `learner.jsonl`."""
+        self.stats_at = time.monotonic()
+        if not self.summed:
+            return
+        loss, q = (self.sums / self.summed).tolist()  # the one host sync, every STATS_EVERY_S
+        self.sums.zero_()
+        self.summed = 0
+        line = {
+            "unix_time": round(time.time(), 3),
+            "updates": self.updates,
+            "loss": round(loss, 6),
+            "q_mean": round(q, 4),
+        }
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _fit_threads(self) -> None:
         """Intra-op threads = the CPUs the live actors leave: more would only steal from them."""

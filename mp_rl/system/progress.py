@@ -1,4 +1,5 @@
-"""The status line and metrics.jsonl: rates from counter deltas, recent returns, replay fill, actor lag."""
+"""The status line and metrics.jsonl: rates from counter deltas, recent returns and their spread, replay fill,
+actor lag, and the machine (CPU, RAM, GPU) as the training report plots it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mp_rl.monitor.sources import MachineSource
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.system.telemetry import Rates, weight_lag
 
@@ -17,8 +19,9 @@ from mp_rl.system.telemetry import Rates, weight_lag
 class Metrics:
     """Turns two looks at the shared counters into rates (`telemetry`); keeps recent episode returns."""
 
-    def __init__(self, shared: SharedRun):
+    def __init__(self, shared: SharedRun, machine=None):
         self.shared = shared
+        self.machine = machine or MachineSource()
         self.returns: deque[float] = deque(maxlen=100)
         self.episode_cursor = 0
         self.rates = Rates.of(shared)
@@ -37,6 +40,7 @@ class Metrics:
             **{k: counts[k] for k in ("env_steps", "updates", "episodes", "inserts", "samples")},
             **{k: v or 0.0 for k, v in delta.rates().items()},
             "return_mean": round(float(np.mean(self.returns)), 2) if self.returns else None,
+            **spread(self.returns),
             "replay_size": ring.size(),
             "replay_capacity": ring.capacity,
             "actors": len(actors),
@@ -46,17 +50,33 @@ class Metrics:
             "weight_lag": weight_lag(self.shared.board.version, members),
             "learner_wait_frac": round(delta.fraction("learner_wait_ns") or 0.0, 3),
             **monitor_view(self.shared.control.read_snapshot()),
+            **machine_view(self.machine.sample(time.monotonic())),
         }
+
+
+def spread(returns) -> dict:
+    """The 10th and 90th percentiles of recent episode returns (the report's band)."""
+    if not returns:
+        return {"return_p10": None, "return_p90": None}
+    p10, p90 = np.percentile(np.asarray(returns), [10, 90])
+    return {"return_p10": round(float(p10), 2), "return_p90": round(float(p90), 2)}
+
+
+def machine_view(m: dict) -> dict:
+    """CPU (of what this run may use), RAM in use, GPU utilisation and memory: fractions, None when unknown."""
+    vram = m.get("vram_used") / m["vram_total"] if m.get("vram_used") is not None and m.get("vram_total") else None
+    ram = None if m.get("ram_headroom") is None else round(1 - m["ram_headroom"], 4)
+    return {"cpu_busy": m.get("cpu_busy"), "ram_used": ram, "gpu_util": m.get("gpu_util"),
+            "vram_used": None if vram is None else round(vram, 4)}  # fmt: skip
 
 
 def monitor_view(snap: dict | None) -> dict:
     """The monitor's word for the status line: the bottleneck it sees and its last move."""
     if snap is None:
-        return {"bottleneck": None, "last_decision": None, "cpu_busy": None, "ram_headroom": None}
+        return {"bottleneck": None, "last_decision": None}
     last = snap.get("last_decision")
     move = None if last is None else f"{last['knob']} {last['old']:,}->{last['new']:,}"
-    return {"bottleneck": snap.get("bottleneck"), "last_decision": move, "cpu_busy": snap.get("cpu_busy"),
-            "ram_headroom": snap.get("ram_headroom")}  # fmt: skip
+    return {"bottleneck": snap.get("bottleneck"), "last_decision": move}
 
 
 def format_line(m: dict) -> str:

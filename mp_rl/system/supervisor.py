@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 from setproctitle import setproctitle
 
+from mp_rl import report
 from mp_rl.agent.evaluation import Evaluator
 from mp_rl.shm.control import Kind, State
 from mp_rl.shm.manifest import SharedRun, write_json_atomic
@@ -143,7 +144,20 @@ class Supervisor:
             out.close()
         if final:
             write_json_atomic(self.run_dir / "summary.json", final)
+        self._report()
         return 1 if self.error else 0
+
+    def _report(self) -> None:
+        """The training report (PNG and text) beside the run's files; a run never fails for its sake."""
+        try:
+            png, _ = report.write(self.run_dir)
+        except report.ReportError as exc:
+            log.info("no training report: %s", exc)
+            return
+        except Exception:  # plotting is the run's last courtesy, not its result
+            log.exception("the training report could not be written")
+            return
+        print(f"training report: {png}", flush=True)
 
     def _on_signal(self, signum, _frame) -> None:
         self.signals += 1
