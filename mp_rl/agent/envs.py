@@ -73,6 +73,7 @@ def _import_prefix(env_id: str) -> str:
 
 def _register_minatar(env_id: str) -> None:
     """MinAtar registers its ids from a function, once per process."""
+    handlers = list(logging.root.handlers)
     try:
         logging.disable(logging.WARNING)  # minatar.gym warns at import that seaborn (for rendering) is missing
         import minatar.gym
@@ -80,6 +81,7 @@ def _register_minatar(env_id: str) -> None:
         raise EnvError(f"env.id {env_id!r} needs the minatar extra: pip install -e '.[minatar]'") from None
     finally:
         logging.disable(logging.NOTSET)
+        logging.root.handlers[:] = handlers  # its logging.warning() gave the root logger a stderr handler
     if "MinAtar/Breakout-v1" not in gym.registry:
         minatar.gym.register_envs()
 

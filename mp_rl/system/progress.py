@@ -92,18 +92,31 @@ def format_line(m: dict) -> str:
     )
 
 
-class StatusOutput:
-    """Rich live line on a terminal; plain lines otherwise. Every snapshot also goes to metrics.jsonl."""
+def toward_stop(m: dict, total_steps: int, wall_s: float | None) -> tuple[str, float, float]:
+    """(what, done, total) of the stop condition nearest to being met: env steps, or wall time."""
+    if wall_s and m["time"] / wall_s > m["env_steps"] / total_steps:
+        return "wall time (s)", min(m["time"], wall_s), wall_s
+    return "env steps", min(m["env_steps"], total_steps), total_steps
 
-    def __init__(self, run_dir: Path, run_id: str):
+
+class StatusOutput:
+    """On a terminal, rich's progress bar toward the stop condition (with its ETA, the best evaluation so far
+    and the bottleneck) above the live status line; plain lines otherwise. Every snapshot also goes to
+    metrics.jsonl. `console` stands in for the terminal (tests)."""
+
+    def __init__(self, run_dir: Path, run_id: str, stop: tuple[int, float | None] = (0, None), console=None):
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
-        self.run_id = run_id
-        self.live = None
-        if sys.stdout.isatty():
+        self.run_id, self.stop, self.best = run_id, stop, None
+        self.live = self.progress = None
+        if console is not None or sys.stdout.isatty():
             from rich.console import Console
             from rich.live import Live
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-            self.console = Console()
+            self.console = console or Console()
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn(), console=self.console)  # fmt: skip
+            self.task = self.progress.add_task("starting", total=None)
             self.live = Live(console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
         self.tb = None
@@ -120,14 +133,28 @@ class StatusOutput:
     def show(self, m: dict, extra: str = "") -> None:
         self.metrics_file.write(json.dumps(m) + "\n")
         line = format_line(m) + (f" | {extra}" if extra else "")
+        if isinstance(m.get("eval_return"), int | float):
+            self.best = m["eval_return"] if self.best is None else max(self.best, m["eval_return"])
         if self.live is not None:
-            self.live.update(f"[bold]mp_rl[{self.run_id}][/bold] {line}")
+            self._render(m, line)
         else:
             self._print(line)
         if self.tb is not None:
             for key, value in m.items():
                 if isinstance(value, int | float) and key != "time":
                     self.tb.add_scalar(key, value, m["env_steps"])
+
+    def _render(self, m: dict, line: str) -> None:
+        """The progress bar toward the stop condition, then the status line."""
+        from rich.console import Group
+        from rich.text import Text
+
+        what, done, total = toward_stop(m, *self.stop) if self.stop[0] else ("env steps", m["env_steps"], None)
+        best = "—" if self.best is None else f"{self.best:.1f}"
+        neck = f" | bottleneck {m['bottleneck']}" if m.get("bottleneck") else ""
+        label = f"[bold]mp_rl[{self.run_id}][/bold] {what} | best eval {best}{neck}"
+        self.progress.update(self.task, completed=done, total=total, description=label)
+        self.live.update(Group(self.progress, Text(line)))
 
     def say(self, text: str) -> None:
         if self.live is not None:

@@ -130,7 +130,7 @@ class Supervisor:
         """Start, watch until a stop condition, stop in stages. Returns the process exit code."""
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        out = StatusOutput(self.run_dir, self.run_id)
+        out = StatusOutput(self.run_dir, self.run_id, (self.cfg.run.total_env_steps, self.cfg.run.wall_time_s))
         try:
             self.start()
             if self.cfg.logging.tensorboard and not out.enable_tensorboard(self.run_dir):
