@@ -101,9 +101,10 @@ def _class_factory(env_id: str) -> Callable[[], gym.Env] | None:
     return cls
 
 
-def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
-    """A zero-argument constructor for one (wrapped) environment; validates the id first."""
-    env_id, kwargs = cfg.id, dict(cfg.kwargs)
+def env_factory(cfg: EnvConfig, render_mode: str | None = None) -> Callable[[], gym.Env]:
+    """A zero-argument constructor for one (wrapped) environment; validates the id first. `render_mode`
+    ("rgb_array" to record a video) goes to the constructor with `env.kwargs`."""
+    env_id, kwargs = cfg.id, {**cfg.kwargs, **({"render_mode": render_mode} if render_mode else {})}
     if cfg.register:
         _register(cfg.register)
     cls = _class_factory(env_id)
@@ -124,7 +125,7 @@ def env_factory(cfg: EnvConfig) -> Callable[[], gym.Env]:
     except gym.error.Error as exc:
         raise EnvError(f"env.id {env_id!r}: {exc}") from None
     if is_atari(env_id):
-        return lambda: _atari(env_id, cfg)
+        return lambda: _atari(env_id, cfg, kwargs)
     return lambda: _limit(gym.make(env_id, **kwargs), cfg)
 
 
@@ -134,9 +135,9 @@ def _limit(env: gym.Env, cfg: EnvConfig) -> gym.Env:
     return env
 
 
-def _atari(env_id: str, cfg: EnvConfig) -> gym.Env:
+def _atari(env_id: str, cfg: EnvConfig, kwargs: dict) -> gym.Env:
     # frameskip=1 in the base env: AtariPreprocessing does the skipping (and max-pools frames).
-    env = gym.make(env_id, **{"frameskip": 1, "repeat_action_probability": 0.0, **cfg.kwargs})
+    env = gym.make(env_id, **{"frameskip": 1, "repeat_action_probability": 0.0, **kwargs})
     env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=30)
     env = gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
     return _limit(env, cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -112,8 +113,10 @@ class GridEnv(gym.Env):
 
     action_space = gym.spaces.Discrete(2)
 
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
     def __init__(self, size: int = 6, channels: int = 2, length: int = 10, render_mode=None):
-        self.size, self.channels, self.length = size, channels, length
+        self.size, self.channels, self.length, self.render_mode = size, channels, length, render_mode
         self.observation_space = gym.spaces.Box(0, 1, (size, size, channels), bool)
         self.t, self.cell = 0, (0, 0)
 
@@ -130,6 +133,11 @@ class GridEnv(gym.Env):
         self.t = 0
         self._move()
         return self._obs(), {}
+
+    def render(self) -> np.ndarray:
+        """The grid as an RGB picture, 8 pixels a cell: the lit cell white."""
+        grey = np.kron(self._obs()[:, :, 0].astype(np.uint8) * 255, np.ones((8, 8), np.uint8))
+        return np.repeat(grey[:, :, None], 3, axis=2)
 
     def step(self, action):
         reward = float(int(action) == int(self.cell[1] >= self.size / 2))
