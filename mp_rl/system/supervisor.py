@@ -7,6 +7,7 @@ join -> terminate -> kill, under one deadline) -> final evaluation -> unlink eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -157,7 +158,8 @@ class Supervisor:
         except Exception:  # plotting is the run's last courtesy, not its result
             log.exception("the training report could not be written")
             return
-        print(f"training report: {png}", flush=True)
+        with contextlib.suppress(OSError):  # a closed stdout (`| head -1`) must not fail a finished run
+            print(f"training report: {png}", flush=True)
 
     def _on_signal(self, signum, _frame) -> None:
         self.signals += 1
