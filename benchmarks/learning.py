@@ -1,0 +1,195 @@
+"""Learning side by side: mp_rl, Stable-Baselines3 DQN and Tianshou DQN, the same wall-clock budget.
+
+    python -m benchmarks.learning [--seeds 3] [--envs cartpole,breakout] [--budget-cartpole 90]
+                                  [--budget-breakout 240]        (needs: pip install -e '.[bench,minatar]')
+
+Every system runs in its own interpreter, one at a time, on the same machine in the same run, and its
+clock starts when the benchmark launches it (imports and start-up count for all). At the end of the
+budget each system's final Q-network plays 20 greedy episodes (seeds 10_000+) through one shared
+evaluation (`benchmarks.peers.greedy_returns`); medians over seeds. Where the env has a threshold
+(CartPole-v1: 475) the time to reach it is reported too:
+- mp_rl runs its shipped config through the real CLI and is stopped by SIGINT at the budget, as a
+  user's Ctrl-C stops it; its time to threshold is the first status line whose periodic evaluation
+  (run in its supervisor, during training, on its own budget) reaches the threshold;
+- the peers keep a copy of their weights every 2 s and those copies are evaluated after the budget
+  (so evaluating costs them nothing): a choice that favours the peers.
+Peers: SB3's DQN with the rl-baselines3-zoo CartPole hyper-parameters (the zoo has none for MinAtar:
+there it gets MinAtar's reference DQN settings); Tianshou's DQN with SubprocVectorEnv collection,
+its CartPole example's settings and MinAtar's reference settings on MinAtar. On MinAtar every
+system's network is MinAtar's small CNN. Peers use one torch thread (faster for these small networks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import table, write_results
+
+ENVS = {
+    "cartpole": dict(id="CartPole-v1", config="configs/cartpole.yaml", threshold=475.0, budget=90.0,
+                     max_steps=500, extra=["eval.every_s=2"], systems=("mp_rl", "sb3", "tianshou")),
+    "breakout": dict(id="MinAtar/Breakout-v1", config="configs/minatar_breakout.yaml", threshold=None,
+                     budget=180.0, max_steps=27_000, extra=[],
+                     systems=("mp_rl", "sb3", "tianshou", "sb3 (mp_rl's settings)", "tianshou (mp_rl's settings)")),
+}  # fmt: skip
+EPISODES, EVAL_SEED, SNAP_S = 20, 10_000, 2.0
+
+
+def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
+    cmd = [sys.executable, "-m", "mp_rl.run", "--config", env["config"], f"run.seed={seed}",
+           f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "run.target_return=null",
+           "logging.status_every_s=1", *env["extra"]]  # fmt: skip
+    launched = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        proc.wait(timeout=budget)
+        raise SystemExit(f"mp_rl stopped before its budget:\n{proc.stdout.read()[-2000:]}")
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # a user's Ctrl-C: the run stops, keeps final.pt and writes its report
+    proc.communicate(timeout=600)
+    run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    reached = None
+    if env["threshold"] is not None:
+        hits = [m for m in metrics if (m.get("eval_return") or -1e9) >= env["threshold"]]
+        reached = hits[0]["unix_time"] - launched if hits else None
+    stopped = metrics[-1]
+    res = worker(["--eval-mp-rl", str(run_dir), "--env", env["id"], "--max-steps", str(env["max_steps"])], 600)
+    return {**res, "reached_s": reached, "env_steps": stopped["env_steps"], "updates": stopped["updates"]}
+
+
+def worker(args: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.learning", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise SystemExit(f"worker {' '.join(args)} failed (is the bench extra installed?):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_peer(system: str, env: dict, seed: int, budget: float) -> dict:
+    args = ["--peer", system.split()[0], *(["--matched"] if "settings" in system else []), "--env", env["id"],
+            "--seed", str(seed), "--budget", str(budget),
+            "--launched", repr(time.time()), "--max-steps", str(env["max_steps"])]  # fmt: skip
+    if env["threshold"] is not None:
+        args += ["--threshold", str(env["threshold"])]
+    return worker(args, budget + 900)
+
+
+def peer_main(a: argparse.Namespace) -> None:
+    """In the peer's own interpreter: train for the budget, then evaluate; one JSON line."""
+    import numpy as np
+    import torch
+
+    from benchmarks import peers
+
+    torch.set_num_threads(1)
+    train = peers.train_sb3 if a.peer == "sb3" else peers.train_tianshou
+    snap = SNAP_S if a.threshold is not None else None
+    _, act, steps, updates, snaps = train(a.env, a.seed, a.launched, a.budget, snap, a.matched)
+    reached = None
+    if a.threshold is not None:
+        reached = snaps.first_reaching(act, a.env, a.threshold, EPISODES, EVAL_SEED, a.max_steps)
+    returns = peers.greedy_returns(act, a.env, EPISODES, EVAL_SEED, a.max_steps)
+    print(json.dumps({"final": float(np.mean(returns)), "returns": returns, "reached_s": reached,
+                      "env_steps": int(steps), "updates": updates}))  # fmt: skip
+
+
+def eval_mp_rl_main(a: argparse.Namespace) -> None:
+    """Greedy returns of a run folder's final.pt through the shared evaluation; one JSON line."""
+    import numpy as np
+    import torch
+
+    from benchmarks import peers
+    from mp_rl.agent.models import q_values
+    from mp_rl.evaluate import load_policy
+
+    torch.set_num_threads(1)
+    _, policy = load_policy(Path(a.eval_mp_rl), "final")
+    returns = peers.greedy_returns(peers.argmax_of(lambda x: q_values(policy(x))), a.env, EPISODES, EVAL_SEED,
+                                   a.max_steps)  # fmt: skip
+    print(json.dumps({"final": float(np.mean(returns)), "returns": returns}))
+
+
+def summarize(name: str, env: dict, budget: float, runs: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+    rows, verdict = [], {}
+    for system in runs:
+        rs = runs[system]
+        finals = [r["final"] for r in rs]
+        reached = [r["reached_s"] for r in rs]
+        row = {"system": system, "median": statistics.median(finals), "seeds": " / ".join(f"{x:.1f}" for x in finals),
+               "steps": int(statistics.median(r["env_steps"] for r in rs))}  # fmt: skip
+        if env["threshold"] is not None:
+            solved = [t for t in reached if t is not None]
+            # an unsolved seed counts as the budget: a lower bound on its time, so the median is one too
+            med = statistics.median(t if t is not None else budget for t in reached)
+            row["reached"] = f"{med:.0f}" if len(solved) * 2 > len(rs) else f"> {budget:g}"
+            row["solved"] = f"{len(solved)}/{len(rs)}"
+        rows.append(row)
+    ours = next((r["median"] for r in rows if r["system"] == "mp_rl"), None)
+    for row in rows:
+        if ours is not None and row["system"] != "mp_rl":
+            verdict[row["system"]] = ours >= row["median"]
+    return rows, verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.learning", description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--envs", default="cartpole,breakout")
+    ap.add_argument("--systems", default=None, help="comma-separated names from the env's list (default: all)")
+    ap.add_argument("--budget-cartpole", type=float, default=ENVS["cartpole"]["budget"])
+    ap.add_argument("--budget-breakout", type=float, default=ENVS["breakout"]["budget"])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--matched", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--peer", "--env", "--eval-mp-rl"):
+        ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
+    for hidden, kind in (("--seed", int), ("--budget", float), ("--launched", float), ("--threshold", float),
+                         ("--max-steps", int)):  # fmt: skip
+        ap.add_argument(hidden, type=kind, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.peer:
+        peer_main(a)
+        return 0
+    if a.eval_mp_rl:
+        eval_mp_rl_main(a)
+        return 0
+    out = Path(a.out or "bench_out/learning")
+    results, report = {}, []
+    for name in [e for e in a.envs.split(",") if e]:
+        env, budget = ENVS[name], getattr(a, f"budget_{name}")
+        systems = [s for s in env["systems"] if a.systems is None or s.split()[0] in a.systems.split(",")]
+        runs: dict[str, list[dict]] = {s: [] for s in systems}
+        for seed in range(a.seeds):
+            for system in systems:  # alternated per seed, so a drift of the machine touches every system
+                r = (run_mp_rl(env, seed, budget, out / "runs") if system == "mp_rl"
+                     else run_peer(system, env, seed, budget))  # fmt: skip
+                runs[system].append(r)
+                at = "" if r.get("reached_s") is None else f", {env['threshold']:g} at {r['reached_s']:.0f} s"
+                print(f"{name} seed {seed} {system}: greedy {r['final']:.1f}{at}, {r['env_steps']:,} env steps",
+                      flush=True)  # fmt: skip
+        rows, verdict = summarize(name, env, budget, runs)
+        results[name] = {"budget_s": budget, "runs": runs, "rows": rows, "mp_rl_at_least": verdict}
+        cols = [("system", "system", "s"), ("median", "greedy return, median", ".1f"), ("seeds", "per seed", "s"),
+                ("steps", "env steps, median", ",")]  # fmt: skip
+        if env["threshold"] is not None:
+            cols += [("reached", f"s to {env['threshold']:g}, median", "s"), ("solved", "reached", "s")]
+        text = f"\n{env['id']}, {budget:g} s each, {a.seeds} seeds, {EPISODES} greedy episodes at the end\n\n"
+        text += table(rows, cols) + "\n"
+        text += "".join(f"mp_rl median >= {s}: {'yes' if ok else 'NO'}\n" for s, ok in verdict.items())
+        report.append(text)
+        print(text, flush=True)
+    if len(report) > 1:
+        print("".join(report))
+    print(f"results: {write_results('learning', str(out), results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
