@@ -153,8 +153,19 @@ class LearnerConfig(_Section):
         (128, 128), min_length=1, max_length=8, description="MLP hidden sizes (vector observations)."
     )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="With amp on CUDA: auto is bf16 where the GPU supports it, else fp16 with a loss scaler."
+    )
     publish_every: int = Field(10, ge=1, description="Updates between weight publishes.")
+    stats_every: int = Field(
+        100, ge=1, description="Updates between reads of loss / mean Q / |TD| to the host (each one device sync)."
+    )
     prefetch: bool = Field(True, description="Sample the next batch in a thread while the GPU trains.")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none",
+        description="torch.compile the loss (forward and backward) with this mode; reduce-overhead also captures "
+        "it in CUDA graphs on CUDA. Off by default: measure with benchmarks.learner first.",
+    )
 
     @model_validator(mode="after")
     def _batch_range(self) -> LearnerConfig:

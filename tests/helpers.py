@@ -8,7 +8,12 @@ from queue import Empty
 import pytest
 import torch
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def requires_cuda(test):
+    """Marks a test `gpu` (select with -m gpu) and skips it without a CUDA device."""
+    return pytest.mark.gpu(_no_cuda(test))
 
 
 def join_all(procs, timeout: float) -> None:

@@ -1,6 +1,11 @@
 """The learner: Double DQN (optional dueling head), n-step targets, Huber loss, Adam, gradient clipping,
 hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published every K updates.
 
+Nothing in the update loop waits for the device (`staging` says how batches and TD errors move):
+the loss, mean Q and mean |TD| are summed on the device and read back every `learner.stats_every`
+updates; publishes complete when their copy's event fires; on CUDA Adam is fused, so the fp16
+scaler's inf check stays on the device too.
+
 `Learner` is a plain object; `system.shells.learner_main` is the process shell around it; `Learner.run` is its loop.
 """
 
@@ -9,8 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +26,10 @@ from mp_rl.agent.envs import EnvSpec
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
+from mp_rl.agent.staging import PendingPriorities, Prefetcher, Staged
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
-from mp_rl.shm.ring import RingClosed
 from mp_rl.start.preflight import Span
 
 
@@ -34,71 +37,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-class Prefetcher:
-    """A thread that samples the next batch (into pinned memory on CUDA) and stages it on the device.
-
-    Three sampler buffers rotate: one being filled, one waiting in the hand-over queue, one in use
-    by the learner, so a buffer is never refilled while the learner still reads it. On CUDA the copy
-    runs on its own stream and the learner's stream waits on its event.
-    """
-
-    def __init__(
-        self, shared: SharedRun, max_batch: int, device: torch.device, batch_size, seed: int, priorities=None
-    ):  # fmt: skip
-        self.ring, self.device, self.batch_size = shared.ring, device, batch_size
-        pin = device.type == "cuda"
-        self.samplers = [shared.ring.sampler(max_batch, pin, seed + i, priorities) for i in range(3)]
-        self.stream = torch.cuda.Stream(device) if pin else None
-        self.handoff: queue.Queue = queue.Queue(maxsize=1)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="prefetch", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        i = 0
-        try:
-            while not self.stopped.is_set():
-                batch = self.samplers[i % 3].sample(self.batch_size(), timeout=0.25)
-                if batch is None:
-                    continue
-                item = self._to_device(batch)
-                while not self.stopped.is_set():
-                    try:
-                        self.handoff.put(item, timeout=0.25)
-                        break
-                    except queue.Full:
-                        continue
-                i += 1
-        except RingClosed:
-            self.stopped.set()
-
-    def _to_device(self, batch: dict[str, torch.Tensor]):
-        if self.stream is None:
-            return batch, None
-        with torch.cuda.stream(self.stream):
-            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            done = torch.cuda.Event()
-            done.record(self.stream)
-        done.synchronize()  # the pinned buffer may be refilled two batches from now; be sure it is read
-        return moved, done
-
-    def get(self, timeout: float) -> dict[str, torch.Tensor] | None:
-        try:
-            batch, done = self.handoff.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if done is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(done)
-            for t in batch.values():
-                t.record_stream(stream)
-        return batch
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=2.0)
 
 
 STATS, STATS_EVERY_S = "learner.jsonl", 2.0  # the training report's loss and mean Q
@@ -117,28 +55,30 @@ class Learner:
         self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=1.5e-4)
         cuda = self.device.type == "cuda"
-        self.amp_dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and lc.amp else None
-        )
+        # Fused Adam: one kernel per step, and on CUDA it takes the fp16 scaler's found-inf flag on the
+        # device (with an unfused optimizer GradScaler.step reads it on the host: a sync per update).
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=1.5e-4, fused=True)
+        self.amp_dtype = None
+        if cuda and lc.amp:
+            bf16 = torch.cuda.is_bf16_supported() if lc.amp_dtype == "auto" else lc.amp_dtype == "bfloat16"
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.max_batch = batch.hi
         rc = cfg.replay
         self.priorities = (
             Priorities(shared.ring, rc.alpha, rc.beta0, rc.beta_steps, rc.priority_eps) if rc.prioritized else None
         )
-        if lc.prefetch:
-            self.prefetch = Prefetcher(shared, self.max_batch, self.device, self.batch_size, seed, self.priorities)
-            self.sampler = None
-        else:
-            self.prefetch = None
-            self.sampler = shared.ring.sampler(self.max_batch, cuda, seed, self.priorities)
+        self._losses = self._loss_terms
+        if lc.compile != "none":  # one graph per batch size; the monitor moves the batch rarely
+            self._losses = torch.compile(self._loss_terms, mode=lc.compile, dynamic=False)
+        feed = Prefetcher if lc.prefetch else Staged
+        self.feed = feed(shared, self.max_batch, self.device, self.batch_size, seed, self.priorities)
+        self.pending = PendingPriorities(self.priorities, self.device) if self.priorities is not None else None
         self.updates = 0
         self.beat = 0.0  # when the last heartbeat went out
-        # Loss and mean Q summed on the device, read back (one host sync) when written to learner.jsonl.
-        self.q_mean = torch.zeros((), device=self.device)
-        self.sums, self.summed, self.stats_at = torch.zeros(2, device=self.device), 0, time.monotonic()
+        # Loss, mean Q and mean |TD| summed on the device; read back (one host sync) every stats_every updates.
+        self.sums, self.summed, self.stats_at = torch.zeros(3, device=self.device), 0, time.monotonic()
         # In its own process: usable CPUs, so intra-op threads follow what the live actors leave.
         self.fit_threads: Callable[[], int] | None = None
         if cuda:
@@ -152,14 +92,16 @@ class Learner:
         return min(max(target or self.batch.start, self.batch.lo), self.batch.hi)
 
     def next_batch(self, timeout: float) -> dict[str, torch.Tensor] | None:
-        if self.prefetch is not None:
-            return self.prefetch.get(timeout)
-        batch = self.sampler.sample(self.batch_size(), timeout=timeout)
-        return None if batch is None else {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return self.feed.get(timeout)
 
     def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's loss (importance-weighted when prioritized) and each row's TD error (QR-DQN: its
         quantile loss, the magnitude its priority follows)."""
+        loss, td, _ = self._losses(b)
+        return loss, td
+
+    def _loss_terms(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, TD errors, mean Q): a pure function of the batch and the networks, so it compiles."""
         out = self.online(b["obs"])
         with torch.no_grad():
             best = q_values(self.online(b["next_obs"])).argmax(dim=1)  # Double DQN: online picks,
@@ -168,18 +110,19 @@ class Learner:
             y = b["reward"].unsqueeze(1) + b["discount"].unsqueeze(1) * quantiles.pick(nxt, best).float()
             z = quantiles.pick(out, b["action"]).float()
             per_row = quantiles.quantile_huber(z, y)
-            td, self.q_mean = per_row.detach(), z.detach().mean()
+            td, q_mean = per_row.detach(), z.detach().mean()
         else:
             q = out.gather(1, b["action"].long().unsqueeze(1)).squeeze(1).float()
             y = b["reward"] + b["discount"] * nxt.gather(1, best.unsqueeze(1)).squeeze(1).float()
             per_row = F.smooth_l1_loss(q, y, reduction="none")
-            td, self.q_mean = (y - q).detach(), q.detach().mean()
+            td, q_mean = (y - q).detach(), q.detach().mean()
         loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
-        return loss, td
+        return loss, td, q_mean
 
-    def update(self, batch: dict[str, torch.Tensor]) -> float:
+    def update(self, batch: dict[str, torch.Tensor]) -> None:
+        """One gradient step; queued on the device, never waited for."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss, td = self.loss(batch)
+            loss, td, q_mean = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -187,7 +130,7 @@ class Learner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.updates += 1
-        self.sums += torch.stack([loss.detach().float(), self.q_mean.float()])
+        self.sums += torch.stack([loss.detach().float(), q_mean.float(), td.abs().float().mean()])
         self.summed += 1
         lc = self.cfg.learner
         if lc.target_update:
@@ -196,9 +139,8 @@ class Learner:
         else:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), lc.tau)
-        if self.priorities is not None:  # the TD errors come back to the host: the priorities live there
-            self.priorities.update(batch["seq"].cpu().numpy(), td.float().cpu().numpy())
-        return float(loss.detach())
+        if self.pending is not None:  # the TD errors go back to the host, where the priorities live
+            self.pending.push(batch["seq"], td)
 
     def step(self, timeout: float = 0.25) -> bool:
         """One update if a batch comes within `timeout`; publishes and counts. False if none came."""
@@ -209,11 +151,13 @@ class Learner:
             return False
         self.update(batch)
         self.shared.control.add("updates", 1)
+        self.shared.board.poll()  # completes the last publish once its copy has landed
         if self.updates % self.cfg.learner.publish_every == 0:
-            self.publish()
+            self.shared.board.begin_publish(self.flat.detach())
         return True
 
     def publish(self) -> int:
+        """Publish now and wait for it (start-up, resume, tests); the loop's publishes do not wait."""
         return self.shared.board.publish(self.flat.detach())
 
     def run(self, slot: int, folder: Path, log: logging.Logger | None = None) -> None:
@@ -249,16 +193,17 @@ class Learner:
             self.shared.control.heartbeat(slot, steps=self.updates, weights=self.shared.board.version)
             self.beat = time.monotonic()
             self._fit_threads()
-        if time.monotonic() - self.stats_at > STATS_EVERY_S:
+        due = trained and self.updates % self.cfg.learner.stats_every == 0
+        if due and time.monotonic() - self.stats_at > STATS_EVERY_S:
             self.write_stats(folder.parent / STATS)
         return trained
 
     def write_stats(self, path: Path) -> None:
-        """Append the mean loss and mean Q of the updates since the last call to `learner.jsonl`."""
+        """Append the mean loss, mean Q and mean |TD| of the updates since the last call to `learner.jsonl`."""
         self.stats_at = time.monotonic()
         if not self.summed:
             return
-        loss, q = (self.sums / self.summed).tolist()  # the one host sync, every STATS_EVERY_S
+        loss, q, td = (self.sums / self.summed).tolist()  # the one host sync, every stats_every updates
         self.sums.zero_()
         self.summed = 0
         line = {
@@ -266,6 +211,7 @@ class Learner:
             "updates": self.updates,
             "loss": round(loss, 6),
             "q_mean": round(q, 4),
+            "td_abs": round(td, 5),
         }
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -302,5 +248,7 @@ class Learner:
         self.updates = int(ckpt["counters"]["updates"])
 
     def close(self) -> None:
-        if self.prefetch is not None:
-            self.prefetch.close()
+        self.feed.close()
+        if self.pending is not None:
+            self.pending.drain(wait=True)
+        self.shared.board.flush()

@@ -39,20 +39,30 @@ class Gpu:
             self.handle = None
 
     def sample(self) -> dict:
+        """Each field read on its own: a query a device or driver does not support (temperature on
+        some virtual GPUs, a renamed throttle call) nulls that field only."""
         if self.handle is None:
             return dict.fromkeys(self.FIELDS)
-        n = self.nvml
-        try:
-            mem = n.nvmlDeviceGetMemoryInfo(self.handle)
-            return {
-                "gpu_util": n.nvmlDeviceGetUtilizationRates(self.handle).gpu / 100.0,
-                "vram_used": int(mem.used),
-                "vram_total": int(mem.total),
-                "gpu_temp_c": int(n.nvmlDeviceGetTemperature(self.handle, n.NVML_TEMPERATURE_GPU)),
-                "gpu_throttle": int(n.nvmlDeviceGetCurrentClocksThrottleReasons(self.handle)),
-            }
-        except Exception:  # a driver hiccup must not stop the monitor
-            return dict.fromkeys(self.FIELDS)
+        n, h = self.nvml, self.handle
+        mem = _try(lambda: n.nvmlDeviceGetMemoryInfo(h))
+        util = _try(lambda: n.nvmlDeviceGetUtilizationRates(h).gpu)
+        reasons = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            n, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
+        return {
+            "gpu_util": None if util is None else util / 100.0,
+            "vram_used": None if mem is None else int(mem.used),
+            "vram_total": None if mem is None else int(mem.total),
+            "gpu_temp_c": _try(lambda: int(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))),
+            "gpu_throttle": _try(lambda: int(reasons(h))) if reasons else None,
+        }
+
+
+def _try(read):
+    try:
+        return read()
+    except Exception:  # a driver hiccup or an unsupported query must not stop the monitor
+        return None
 
 
 class MachineSource:

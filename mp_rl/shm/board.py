@@ -50,6 +50,7 @@ class WeightBoard:
         self.mark_addr = [atomics.address_of(v["marks"], 0), atomics.address_of(v["marks"], 8)]
         self.slots = [torch.from_numpy(v["slots"][i]) for i in range(2)]
         self._pinned = False
+        self._pending: tuple[int, torch.cuda.Event] | None = None  # a CUDA publish whose copy is in flight
         self.retries = 0
 
     @staticmethod
@@ -96,6 +97,19 @@ class WeightBoard:
 
     def publish(self, flat: torch.Tensor) -> int:
         """Copy `flat` (CPU or CUDA, float32) into the board as the next version; return it."""
+        self.begin_publish(flat)
+        return self.flush()
+
+    def begin_publish(self, flat: torch.Tensor) -> int:
+        """Start publishing `flat` as the next version; return that version.
+
+        From the CPU the copy is done on return. From CUDA the device-to-host copy is queued on the
+        current stream (after the updates that produced `flat`, before the ones that will change it)
+        and the slot is marked complete later, by `poll` once its event has fired or by `flush`: the
+        learner never waits for the copy. At most one publish is in flight; starting another first
+        completes the previous one, since the next version's slot is the one readers use now.
+        """
+        self.flush()
         v = self.version + 1
         s = v % 2
         atomics.store(self.mark_addr[s], 2 * v - 1)  # odd: readers keep out of this slot
@@ -106,13 +120,30 @@ class WeightBoard:
             self.slots[s].copy_(flat.detach(), non_blocking=self._pinned)
             done = torch.cuda.Event()
             done.record()
-            done.synchronize()  # the DMA must land before the slot is marked complete
+            self._pending = (v, done)
         else:
             self.slots[s].copy_(flat.detach())
-        atomics.fence()  # full fence: every byte of the copy is visible before the even mark
-        atomics.store(self.mark_addr[s], 2 * v)
-        atomics.store(self.version_addr, v)
+            self._complete(v)
         return v
+
+    def poll(self) -> int:
+        """Complete an in-flight publish whose copy has landed, without waiting; return the version."""
+        if self._pending is not None and self._pending[1].query():
+            self._complete(self._pending[0])
+        return self.version
+
+    def flush(self) -> int:
+        """Wait for an in-flight publish's copy (if any) and complete it; return the version."""
+        if self._pending is not None:
+            self._pending[1].synchronize()  # the DMA must land before the slot is marked complete
+            self._complete(self._pending[0])
+        return self.version
+
+    def _complete(self, v: int) -> None:
+        self._pending = None
+        atomics.fence()  # full fence: every byte of the copy is visible before the even mark
+        atomics.store(self.mark_addr[v % 2], 2 * v)
+        atomics.store(self.version_addr, v)
 
     def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0) -> int:
         """Copy the newest complete version into `flat` if it is newer than `have`; return the version held.
@@ -141,6 +172,7 @@ class WeightBoard:
                 raise TimeoutError(f"weight board: no stable version within {timeout}s")
 
     def close(self) -> None:
+        self.flush()
         self.unpin()
         self.slots = self._words = self._marks = None
         self.segment.close()
