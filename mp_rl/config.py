@@ -67,8 +67,15 @@ class EnvConfig(_Section):
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="'package.module:function' called before the env is made (it registers ids).",
     )  # fmt: skip
+    backend: Literal["gymnasium", "envpool"] = Field(
+        "gymnasium",
+        description="gymnasium: a vector env in the actor's process; envpool: EnvPool's C++ threads (the envpool "
+        "extra; Atari and classic control), two pools per actor stepped alternately.",
+    )
+    envpool_threads: int = Field(1, ge=1, le=64, description="EnvPool threads per pool (an actor has two pools).")
     envs_per_actor: int = Field(8, ge=1, le=1024, description="Environments per actor, stepped as one vector env.")
     frame_stack: int = Field(4, ge=1, le=16, description="Frames stacked per observation (Atari ids only).")
+    noop_max: int = Field(30, ge=0, le=1000, description="Up to this many no-op steps at each reset (Atari ids only).")
     max_episode_steps: int | None = Field(
         None, ge=1, description="Truncate episodes at this length (null: the env's own)."
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mp_rl.agent.envs import EnvSpec, make_vector_env
+from mp_rl.agent.envs import EnvSpec, make_actor_envs
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
@@ -38,69 +38,110 @@ class Detached(Exception):
     """The actor was told to go (retired, or its run is gone) while the rate limiter held it back."""
 
 
+class Lane:
+    """Envs stepped together, their row builder, their latest observations and the actions in flight."""
+
+    def __init__(self, env, builder: NStepBuilder, obs: np.ndarray):
+        self.env, self.builder, self.obs = env, builder, obs
+        self.actions: np.ndarray | None = None
+
+
 class Actor:
-    """Steps `envs_per_actor` environments with one batched policy call per step."""
+    """Steps `envs_per_actor` environments with one batched policy call per step.
+
+    One lane (a Gymnasium vector env) is stepped synchronously. EnvPool gives two lanes, stepped in
+    turn: receive one lane's step, choose its actions, send them, and build its rows while that
+    lane's C++ threads step and the other lane's step is still in flight.
+    """
 
     def __init__(self, cfg: Config, shared: SharedRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int):
         self.cfg, self.shared, self.spec, self.slot = cfg, shared, spec, slot
         self.epsilon = ape_x_epsilon(index, count, cfg.actors.eps_base, cfg.actors.eps_alpha)
-        self.env = make_vector_env(cfg.env, seed)
-        self.num_envs = self.env.num_envs
+        envs = make_actor_envs(cfg.env, seed)
+        self.num_envs = sum(e.num_envs for e in envs)
         self.policy = q_network(spec, cfg.learner)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
-        self.builder = self._builder(cfg, shared.ring.spec, spec)
+        self.rng = np.random.default_rng(seed)
+        self.lanes = []
+        for env in envs:
+            obs, _ = env.reset(seed=seed)
+            lane = Lane(env, self._builder(cfg, shared.ring.spec, spec, env.num_envs), obs)
+            lane.builder.start(obs)
+            self.lanes.append(lane)
+        self.asynchronous = cfg.env.backend == "envpool"
+        self.turn = 0
         self.writer = shared.ring.writer(token=slot + 1)
         # Whole rows from several envs share blocks: a partial block is staged until it fills.
         self.stage = {f.name: np.empty((shared.ring.spec.block, *f.shape), f.dtype) for f in shared.ring.spec.fields}
         self.staged = 0
-        self.rng = np.random.default_rng(seed)
-        self.obs, _ = self.env.reset(seed=seed)
-        self.builder.start(self.obs)
         self.on_blocked: Callable[[], object] | None = None
         self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
 
-    def _builder(self, cfg: Config, ring: RingSpec, spec: EnvSpec) -> NStepBuilder:
+    @staticmethod
+    def _builder(cfg: Config, ring: RingSpec, spec: EnvSpec, num_envs: int) -> NStepBuilder:
         """Frame rows when the ring keeps frames (one block per env per `block` steps), whole rows otherwise."""
         n, gamma = cfg.replay.n_step, cfg.replay.gamma
         if ring.frames is not None:
             f = ring.frames
-            return FrameBlockBuilder(self.num_envs, f.shape, f.dtype, n, gamma, f.stack, ring.block)
-        chunk = NStepBuilder.chunk_for(self.num_envs, spec.obs_shape, spec.obs_dtype)
-        return NStepBuilder(self.num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk)
+            return FrameBlockBuilder(num_envs, f.shape, f.dtype, n, gamma, f.stack, ring.block)
+        chunk = NStepBuilder.chunk_for(num_envs, spec.obs_shape, spec.obs_dtype)
+        return NStepBuilder(num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk)
+
+    # The first lane, by the names a one-lane actor has always had (tests and benchmarks swap its env).
+    env = property(lambda self: self.lanes[0].env, lambda self, env: setattr(self.lanes[0], "env", env))
+    builder = property(lambda self: self.lanes[0].builder)
+    obs = property(lambda self: self.lanes[0].obs)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             actions = q_values(self.policy(torch.as_tensor(obs))).argmax(dim=1).numpy()
-        explore = self.rng.random(self.num_envs) < self.epsilon
+        explore = self.rng.random(len(actions)) < self.epsilon
         actions[explore] = self.rng.integers(0, self.spec.n_actions, int(explore.sum()))
         return actions
 
     @property
     def steps(self) -> int:
         """Env steps accounted so far (per chunk; autoreset steps are not steps of any episode)."""
-        return self.builder.taken
+        return sum(lane.builder.taken for lane in self.lanes)
 
     def step(self) -> int:
-        """One vector step: act, step the envs; every chunk, write its rows and report its episodes.
-
-        Returns the vector's width, the steps attempted (`steps` is the exact count, per chunk).
-        """
-        actions = self.act(self.obs)
-        self.obs, reward, terminated, truncated, _ = self.env.step(actions)
-        rows = self.builder.add(actions, reward, self.obs, terminated, truncated)
+        """One vector step of one lane: act, step its envs; every chunk, write its rows and report its
+        episodes. Returns the lane's width, the steps attempted (`steps` is the exact count, per chunk)."""
+        if self.asynchronous:
+            return self._step_async()
+        lane = self.lanes[0]
+        actions = self.act(lane.obs)
+        lane.obs, reward, terminated, truncated, _ = lane.env.step(actions)
+        rows = lane.builder.add(actions, reward, lane.obs, terminated, truncated)
         if rows is not None:
-            self._emit(rows)
-        return self.num_envs
+            self._emit(rows, lane.builder)
+        return lane.env.num_envs
 
-    def _emit(self, rows) -> None:
+    def _step_async(self) -> int:
+        lane = self.lanes[self.turn]
+        self.turn = (self.turn + 1) % len(self.lanes)
+        if lane.actions is None:  # the lane's first step: nothing in flight yet
+            lane.actions = self.act(lane.obs)
+            lane.env.send(lane.actions)
+            return 0
+        obs, reward, terminated, truncated, _ = lane.env.recv()
+        sent, lane.obs = lane.actions, obs
+        lane.actions = self.act(obs)
+        lane.env.send(lane.actions)  # the lane steps from here; its rows are built meanwhile
+        rows = lane.builder.add(sent, reward, obs, terminated, truncated)
+        if rows is not None:
+            self._emit(rows, lane.builder)
+        return lane.env.num_envs
+
+    def _emit(self, rows, builder: NStepBuilder) -> None:
         """Write the chunk's rows, then report the chunk's finished episodes."""
         if isinstance(rows, list):  # frame rows: a block per env, each with its frames
             for fields, frames in rows:
                 self._write(fields, frames)
         else:
             self._emit_rows(rows)
-        returns, lengths = self.builder.episodes
+        returns, lengths = builder.episodes
         if len(returns):
             self.shared.control.report_episodes(self.slot, returns, lengths)
 
@@ -156,9 +197,10 @@ class Actor:
 
     def finish(self) -> None:
         """A retiring actor completes what it has: the known rows of the open chunk, the partial block."""
-        rows = self.builder.flush()
-        if rows is not None:
-            self._emit(rows)
+        for lane in self.lanes:
+            rows = lane.builder.flush()
+            if rows is not None:
+                self._emit(rows, lane.builder)
         if self.staged:
             self._write({k: v[: self.staged] for k, v in self.stage.items()})
             self.staged = 0
@@ -198,4 +240,5 @@ class Actor:
         control.add("env_steps", self.steps - reported)
 
     def close(self) -> None:
-        self.env.close()
+        for lane in self.lanes:
+            lane.env.close()

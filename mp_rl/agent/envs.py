@@ -3,7 +3,9 @@
 `env.kwargs` go to the constructor; `env.register` names a function to call first (one that registers
 ids). Atari ids (`ALE/...`) get Gymnasium's AtariPreprocessing (84x84 grey, frame skip 4, no-op
 starts) and frame stacking, observations kept uint8; MinAtar ids (`MinAtar/...`) are registered from
-the `minatar` package. A missing extra is one clear line naming it, raised before anything starts.
+the `minatar` package. `env.backend: envpool` steps Atari and classic control in EnvPool instead, with
+the same preprocessing (`envpool_backend`). A missing extra is one clear line naming it, raised
+before anything starts.
 """
 
 from __future__ import annotations
@@ -138,22 +140,42 @@ def _limit(env: gym.Env, cfg: EnvConfig) -> gym.Env:
 def _atari(env_id: str, cfg: EnvConfig, kwargs: dict) -> gym.Env:
     # frameskip=1 in the base env: AtariPreprocessing does the skipping (and max-pools frames).
     env = gym.make(env_id, **{"frameskip": 1, "repeat_action_probability": 0.0, **kwargs})
-    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=30)
+    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=cfg.noop_max)
     env = gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
     return _limit(env, cfg)
 
 
-def make_vector_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> gym.vector.VectorEnv:
-    """`num_envs` copies stepped together (in-process: batching is for inference, processes for cores)."""
-    factory = env_factory(cfg)
+def make_vector_env(cfg: EnvConfig, seed: int, num_envs: int | None = None):
+    """`num_envs` copies stepped together (in-process: batching is for inference, processes for cores);
+    with `env.backend: envpool`, one EnvPool of them."""
     n = num_envs or cfg.envs_per_actor
+    if cfg.backend == "envpool":
+        from mp_rl.agent.envpool_backend import EnvPoolVector
+
+        return EnvPoolVector(cfg, seed, n, cfg.envpool_threads)
+    factory = env_factory(cfg)
     env = gym.vector.SyncVectorEnv([factory] * n, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     env.reset(seed=seed)
     return env
 
 
+def make_actor_envs(cfg: EnvConfig, seed: int) -> list:
+    """One actor's envs: a Gymnasium vector env, or two EnvPools of half the envs each, which the actor
+    steps alternately (inference for one while the other's threads step; `envpool_backend`)."""
+    n = cfg.envs_per_actor
+    if cfg.backend != "envpool" or n < 2:
+        return [make_vector_env(cfg, seed)]
+    # EnvPool seeds env i of a pool with seed + i: the second pool starts where the first ends.
+    return [make_vector_env(cfg, seed, n // 2), make_vector_env(cfg, seed + n // 2, n - n // 2)]
+
+
 def probe(cfg: EnvConfig) -> EnvSpec:
     """Build one environment to read its spaces; raises EnvError on an id that is no good."""
+    if cfg.backend == "envpool":
+        from mp_rl.agent import envpool_backend
+
+        obs, act, stack = envpool_backend.probe(cfg)
+        return _spec(cfg, obs, act, stack)
     try:
         env = env_factory(cfg)()
     except EnvError:
@@ -161,18 +183,22 @@ def probe(cfg: EnvConfig) -> EnvSpec:
     except Exception as exc:  # a constructor that fails is a bad env id too, from the user's side
         raise EnvError(f"env.id {cfg.id!r} could not be created: {exc.__class__.__name__}: {exc}") from None
     try:
-        obs, act = env.observation_space, env.action_space
-        if not isinstance(act, gym.spaces.Discrete):
-            raise EnvError(f"env.id {cfg.id!r}: mp_rl's DQN needs a Discrete action space, got {act}")
-        if not isinstance(obs, gym.spaces.Box):
-            raise EnvError(f"env.id {cfg.id!r}: needs a Box observation space, got {obs}")
-        # Bytes stay bytes (pixels, and 0/1 grids such as MinAtar's bool planes); everything else is float32.
-        small = obs.dtype in (np.uint8, np.bool_)
-        dtype = np.dtype(np.uint8) if small else np.dtype(np.float32)
-        scale = 1 / 255 if obs.dtype == np.uint8 and np.max(obs.high) == 255 else 1.0
-        return EnvSpec(tuple(obs.shape), dtype.str, int(act.n), frame_stack(env), scale)
+        return _spec(cfg, env.observation_space, env.action_space, frame_stack(env))
     finally:
         env.close()
+
+
+def _spec(cfg: EnvConfig, obs, act, stack: int) -> EnvSpec:
+    """The EnvSpec of these spaces, or the line that says why mp_rl cannot learn on them."""
+    if not isinstance(act, gym.spaces.Discrete):
+        raise EnvError(f"env.id {cfg.id!r}: mp_rl's DQN needs a Discrete action space, got {act}")
+    if not isinstance(obs, gym.spaces.Box):
+        raise EnvError(f"env.id {cfg.id!r}: needs a Box observation space, got {obs}")
+    # Bytes stay bytes (pixels, and 0/1 grids such as MinAtar's bool planes); everything else is float32.
+    small = obs.dtype in (np.uint8, np.bool_)
+    dtype = np.dtype(np.uint8) if small else np.dtype(np.float32)
+    scale = 1 / 255 if obs.dtype == np.uint8 and np.max(obs.high) == 255 else 1.0
+    return EnvSpec(tuple(obs.shape), dtype.str, int(act.n), stack, scale)
 
 
 def frame_stack(env: gym.Env) -> int:
