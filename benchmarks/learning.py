@@ -4,15 +4,19 @@
                                   [--budget-breakout 240]        (needs: pip install -e '.[bench,minatar]')
 
 Every system runs in its own interpreter, one at a time, on the same machine in the same run, and its
-clock starts when the benchmark launches it (imports and start-up count for all). At the end of the
-budget each system's final Q-network plays 20 greedy episodes (seeds 10_000+) through one shared
-evaluation (`benchmarks.peers.greedy_returns`); medians over seeds. Where the env has a threshold
-(CartPole-v1: 475) the time to reach it is reported too:
+clock starts when the benchmark launches it (imports and start-up count for all). Each system's
+final Q-network plays 20 greedy episodes (seeds 10_000 + seed + i, the episodes mp_rl's own
+evaluator plays for `run.seed` = seed) through one shared evaluation
+(`benchmarks.peers.greedy_returns`); medians over seeds. Where the env has a threshold (CartPole-v1:
+475) the time to reach it is reported too, and a system that reaches it stops there with the
+policy that reached it, as mp_rl's shipped CartPole config does (`run.target_return: 475`):
 - mp_rl runs its shipped config through the real CLI and is stopped by SIGINT at the budget, as a
-  user's Ctrl-C stops it; its time to threshold is the first status line whose periodic evaluation
-  (run in its supervisor, during training, on its own budget) reaches the threshold;
-- the peers keep a copy of their weights every 2 s and those copies are evaluated after the budget
-  (so evaluating costs them nothing): a choice that favours the peers.
+  user's Ctrl-C stops it, unless its config stopped it first; its time to threshold is the first
+  status line whose periodic evaluation (run in its supervisor, during training, on its own budget)
+  reaches the threshold, and the weights that reached it are its `best.pt`;
+- the peers keep a copy of their weights every 2 s and those copies are evaluated after the budget,
+  so evaluating costs them nothing, and the first copy that reaches the threshold is the policy
+  they end with: a stop at no cost, which favours the peers.
 Peers: SB3's DQN with the rl-baselines3-zoo CartPole hyper-parameters (the zoo has none for MinAtar:
 there it gets MinAtar's reference DQN settings); Tianshou's DQN with SubprocVectorEnv collection,
 its CartPole example's settings and MinAtar's reference settings on MinAtar. On MinAtar every
@@ -44,16 +48,17 @@ EPISODES, EVAL_SEED, SNAP_S = 20, 10_000, 2.0
 
 def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "mp_rl.run", "--config", env["config"], f"run.seed={seed}",
-           f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "run.target_return=null",
-           "logging.status_every_s=1", *env["extra"]]  # fmt: skip
+           f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "logging.status_every_s=1",
+           *env["extra"]]  # fmt: skip
     launched = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        proc.wait(timeout=budget)
-        raise SystemExit(f"mp_rl stopped before its budget:\n{proc.stdout.read()[-2000:]}")
+        proc.wait(timeout=budget)  # returns early when the config's run.target_return stopped the run
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # a user's Ctrl-C: the run stops, keeps final.pt and writes its report
-    proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"mp_rl failed ({proc.returncode}):\n{out[-2000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     reached = None
@@ -61,7 +66,9 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
         hits = [m for m in metrics if (m.get("eval_return") or -1e9) >= env["threshold"]]
         reached = hits[0]["unix_time"] - launched if hits else None
     stopped = metrics[-1]
-    res = worker(["--eval-mp-rl", str(run_dir), "--env", env["id"], "--max-steps", str(env["max_steps"])], 600)
+    which = "best" if reached is not None else "final"  # best.pt: the weights that reached the target
+    res = worker(["--eval-mp-rl", str(run_dir), "--checkpoint", which, "--env", env["id"], "--seed", str(seed),
+                  "--max-steps", str(env["max_steps"])], 600)  # fmt: skip
     return {**res, "reached_s": reached, "env_steps": stopped["env_steps"], "updates": stopped["updates"]}
 
 
@@ -95,8 +102,8 @@ def peer_main(a: argparse.Namespace) -> None:
     _, act, steps, updates, snaps = train(a.env, a.seed, a.launched, a.budget, snap, a.matched)
     reached = None
     if a.threshold is not None:
-        reached = snaps.first_reaching(act, a.env, a.threshold, EPISODES, EVAL_SEED, a.max_steps)
-    returns = peers.greedy_returns(act, a.env, EPISODES, EVAL_SEED, a.max_steps)
+        reached = snaps.first_reaching(act, a.env, a.threshold, EPISODES, EVAL_SEED + a.seed, a.max_steps)
+    returns = peers.greedy_returns(act, a.env, EPISODES, EVAL_SEED + a.seed, a.max_steps)
     print(json.dumps({"final": float(np.mean(returns)), "returns": returns, "reached_s": reached,
                       "env_steps": int(steps), "updates": updates}))  # fmt: skip
 
@@ -111,9 +118,9 @@ def eval_mp_rl_main(a: argparse.Namespace) -> None:
     from mp_rl.evaluate import load_policy
 
     torch.set_num_threads(1)
-    _, policy = load_policy(Path(a.eval_mp_rl), "final")
-    returns = peers.greedy_returns(peers.argmax_of(lambda x: q_values(policy(x))), a.env, EPISODES, EVAL_SEED,
-                                   a.max_steps)  # fmt: skip
+    _, policy = load_policy(Path(a.eval_mp_rl), a.checkpoint)
+    returns = peers.greedy_returns(peers.argmax_of(lambda x: q_values(policy(x))), a.env, EPISODES,
+                                   EVAL_SEED + a.seed, a.max_steps)  # fmt: skip
     print(json.dumps({"final": float(np.mean(returns)), "returns": returns}))
 
 
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-breakout", type=float, default=ENVS["breakout"]["budget"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--matched", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--peer", "--env", "--eval-mp-rl"):
+    for hidden in ("--peer", "--env", "--eval-mp-rl", "--checkpoint"):
         ap.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     for hidden, kind in (("--seed", int), ("--budget", float), ("--launched", float), ("--threshold", float),
                          ("--max-steps", int)):  # fmt: skip

@@ -3,8 +3,9 @@ wall-clock budget in its own interpreter, and the one greedy evaluation every sy
 
 Each trainer keeps a copy of its Q-network's weights every `snap_s` seconds (a state-dict copy, not
 an evaluation, so the peer's training is not slowed) and evaluates them after the budget: the first
-snapshot whose greedy mean reaches the threshold gives the time to threshold. The clock of every
-system starts when the benchmark launches its interpreter (`launched`, unix time).
+snapshot whose greedy mean reaches the threshold gives the time to threshold, and is the policy the
+peer ends with, as if it had stopped there (mp_rl's shipped CartPole config stops at its target).
+The clock of every system starts when the benchmark launches its interpreter (`launched`, unix time).
 """
 
 from __future__ import annotations
@@ -108,16 +109,16 @@ class Snapshots:
 
     def first_reaching(self, act, env_id: str, threshold: float, episodes: int, seed: int, max_steps: int):
         """Seconds since launch of the first snapshot whose greedy mean reaches `threshold`, or None.
-        Leaves the module holding its final weights."""
+
+        Leaves the module holding that snapshot's weights (the run stops on reaching the threshold,
+        as mp_rl's `run.target_return` stops it, here at no cost to the peer), else its final ones."""
         final = copy.deepcopy(self.module.state_dict())
-        found = None
         for t, state in self.kept:
             self.module.load_state_dict(state)
             if np.mean(greedy_returns(act, env_id, episodes, seed, max_steps)) >= threshold:
-                found = t
-                break
+                return t
         self.module.load_state_dict(final)
-        return found
+        return None
 
 
 def train_sb3(

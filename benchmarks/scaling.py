@@ -1,12 +1,18 @@
 """Scaling: env steps/s of the running system against actor count, beside the single-process ceiling.
 
-    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N] [key=value ...]
+    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N]
+                                 [--backends gymnasium,envpool] [key=value ...]
 
 For each actor count A (1 ... usable CPUs) the real system runs (supervisor, learner training as fast
 as it can, A actor processes) with the rate limiter off, so actors are limited by their own work
 and the CPU, not by the replay ratio. The baseline, measured in the same run, is one process
 stepping the same vector env with the same policy (epsilon-greedy, batched inference) and nothing
 else: the ceiling per core. The bar is system(A) >= 0.9 * A * single.
+
+With several `--backends` every point is measured per backend, and one more table compares the
+backends' actors alone: the real `Actor` (inference, rows, ring writes) on a run's segments with no
+learner, its env steps per second of wall time and per CPU-second of its process (EnvPool's C++
+threads included), the per-core figure the EnvPool bar is judged on (>= 2x Gymnasium on Atari).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,9 +30,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import table, write_results
+from mp_rl.agent.actor import Actor
 from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.models import build_q_network
 from mp_rl.config import load_config
+from mp_rl.shm.manifest import SharedRun
+from mp_rl.shm.sync import RateLimit
 from mp_rl.start import resources
 from mp_rl.start.preflight import Span, new_run_dir, plan
 from mp_rl.system.supervisor import Supervisor
@@ -56,6 +66,29 @@ def single_process_rate(cfg, seconds: float) -> float:
     return (steps - ends) / (time.perf_counter() - t0)
 
 
+def actor_alone(cfg, seconds: float) -> dict:
+    """The real actor stepping for `seconds` with nothing else running: env steps per wall second and
+    per CPU-second of this process (all its threads)."""
+    torch.set_num_threads(1)
+    p = plan(cfg)
+    with tempfile.TemporaryDirectory() as folder:
+        open_limit = RateLimit(None, 1, 0, p.ring.block, 1024)
+        shared = SharedRun.create(Path(folder), f"benchactor{time.time_ns()}", p.ring, open_limit, p.numel, 4)
+        try:
+            actor = Actor(cfg, shared, p.spec, slot=0, index=0, count=1, seed=0)
+            for _ in range(20):
+                actor.step()
+            steps0, wall0, cpu0 = actor.steps, time.perf_counter(), time.process_time()
+            while time.perf_counter() - wall0 < seconds:
+                actor.step()
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            steps = actor.steps - steps0
+            actor.close()
+        finally:
+            shared.close()
+    return {"env_steps_per_s": steps / wall, "per_cpu_s": steps / cpu, "cores": cpu / wall}
+
+
 def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
     """Run the real system with `actors` actors; env steps/s and updates/s over the steady window."""
     p = plan(cfg)  # past the clamp on purpose below: the curve's tail
@@ -81,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--envs-per-actor", type=int, nargs="+", default=[8, 32], help="one sweep per value")
     ap.add_argument("--repeats", type=int, default=3, help="ceiling + system points, alternated; medians")
     ap.add_argument("--pin", action="store_true", help="also measure with run.pin_cpus (actors and learner pinned)")
+    ap.add_argument("--backends", default="gymnasium", help="comma-separated env.backend values to measure")
     ap.add_argument("--out", default=None)
     ap.add_argument("overrides", nargs="*", help="config overrides (key=value), applied after the benchmark's own")
     args = ap.parse_args(argv)
@@ -93,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     cpus = resources.usable_cpus()
     fits = max(1, cpus - 1)  # one CPU is the learner's
-    rows, ok = [], True
-    for envs in args.envs_per_actor:
-        cfg = load_config(args.config, [*overrides, f"env.envs_per_actor={envs}"])
+    rows, ok, backends = [], True, args.backends.split(",")
+    for envs, backend in [(e, b) for e in args.envs_per_actor for b in backends]:
+        over = [*overrides, f"env.envs_per_actor={envs}", f"env.backend={backend}"]
+        cfg = load_config(args.config, over)
         # This machine is shared and noisy: each repeat measures the ceiling right beside the system
         # points it judges, and the table reports medians over repeats (of rates and of ratios).
-        pinned = load_config(args.config, [*overrides, f"env.envs_per_actor={envs}", "run.pin_cpus=true"])
+        pinned = load_config(args.config, [*over, "run.pin_cpus=true"])
         variants = [("", cfg)] + ([(", pinned", pinned)] if args.pin else [])
         singles = []
         points: dict[tuple, list] = {(a, v): [] for a in range(1, args.max_actors + 1) for v, _ in variants}
@@ -108,23 +143,54 @@ def main(argv: list[str] | None = None) -> int:
             for a, v in points:
                 r = system_rate(dict(variants)[v], a, args.seconds, args.warmup)
                 points[a, v].append({**r, "of_ideal": r["env_steps_per_s"] / (a * single)})
-        rows.append({"what": f"{envs} envs: single process, no learner (ceiling)",
+        rows.append({"what": f"{envs} envs: single process, no learner (ceiling)", "backend": backend,
                      "env_steps_per_s": float(np.median(singles)), "runs": singles})  # fmt: skip
         for (a, v), runs in points.items():
             med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-            rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner{v}", **med, "runs": runs})
+            rows.append({"what": f"{envs} envs: mp_rl, {a} actor(s) + learner{v}", "backend": backend, **med,
+                         "runs": runs})  # fmt: skip
             ok &= a > fits or med["of_ideal"] >= 0.9 or bool(v)  # the default (unpinned) is what is judged
     print(f"scaling: {cfg.env.id}, {cpus} usable CPUs, {args.seconds:g} s steady window per point, "
           f"medians of {args.repeats} alternated repeats\n")  # fmt: skip
-    cols = [("what", "configuration", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
+    cols = [("what", "configuration", "s"), ("backend", "backend", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
             ("updates_per_s", "learner updates/s", ",.0f"), ("of_ideal", "of A × single", ".0%")]  # fmt: skip
     print(table(rows, cols))
     print(f"\nbar (>= 90% of A × single while the learner runs), for A up to {fits} actor(s) "
           f"(one CPU is the learner's): {'met' if ok else 'NOT met'}")  # fmt: skip
     payload = {"config": args.config, "rows": rows, "bar_met": bool(ok), "usable_cpus": cpus}
+    if len(backends) > 1:
+        payload["actors_alone"] = compare_backends(args, overrides, backends)
     path = write_results("scaling", str(out), payload)
     print(f"results: {path}")
     return 0
+
+
+def compare_backends(args, overrides: list[str], backends: list[str]) -> list[dict]:
+    """The actor alone per backend and envs-per-actor, alternated `--repeats` times; medians."""
+    rows = []
+    for envs in args.envs_per_actor:
+        cfgs = {b: load_config(args.config, [*overrides, f"env.envs_per_actor={envs}", f"env.backend={b}"])
+                for b in backends}  # fmt: skip
+        runs: dict[str, list[dict]] = {b: [] for b in backends}
+        for _ in range(args.repeats):
+            for b in backends:
+                runs[b].append(actor_alone(cfgs[b], args.seconds))
+        base = None
+        for b in backends:
+            med = {k: float(np.median([r[k] for r in runs[b]])) for k in runs[b][0]}
+            base = base or med["per_cpu_s"]
+            rows.append({"what": f"{envs} envs, actor alone", "backend": b, **med, "vs": med["per_cpu_s"] / base,
+                         "runs": runs[b]})  # fmt: skip
+    print(f"\nthe actor alone (inference, rows, ring writes; no learner), medians of {args.repeats}\n")
+    cols = [("what", "configuration", "s"), ("backend", "backend", "s"), ("env_steps_per_s", "env steps/s", ",.0f"),
+            ("cores", "CPU cores busy", ".2f"), ("per_cpu_s", "env steps per CPU-second", ",.0f"),
+            ("vs", f"× {backends[0]} per core", ".2f")]  # fmt: skip
+    print(table(rows, cols))
+    worst = min(r["vs"] for r in rows if r["backend"] == "envpool") if "envpool" in backends else None
+    if worst is not None:
+        print(f"\nEnvPool per actor core >= 2x Gymnasium (worst envs-per-actor): {worst:.2f}x: "
+              f"{'met' if worst >= 2 else 'NOT met'}")  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
         torch.set_num_threads(cfg.actors.torch_threads)
         seed = cfg.run.seed + 10_007 * (slot + 1) + os.getpid()
         actor = Actor(cfg, shared, env_spec_of(shared), slot, index=slot, count=control.max_members, seed=seed)
-        log.info("attached in slot %d, epsilon %.4f, cpus %s", slot, actor.epsilon, cpus or "any")
+        log.info("attached in slot %d, epsilon %s, cpus %s", slot, actor.epsilon_range, cpus or "any")
         actor.run(run_alive=lambda: owner_alive(manifest))
         actor.close()
         log.info("detached after %d env steps (%s)", actor.steps, "run ended" if control.stopping else "asked")

@@ -86,9 +86,12 @@ class ActorsConfig(_Section):
     initial: int | None = Field(None, ge=1, description="With count 'auto': actors to start with (null: what fits).")
     max_count: int = Field(64, ge=1, le=4096, description="Upper bound on actors (clamped to usable CPUs).")
     eps_base: float = Field(
-        0.4, ge=0, le=1, description="Ape-X epsilon base: actor i of N uses eps ** (1 + alpha*i/(N-1))."
+        0.4, ge=0, le=1, description="Ape-X epsilon base: explorer i of N uses eps ** (1 + alpha*i/(N-1))."
     )
     eps_alpha: float = Field(7.0, ge=0, description="Ape-X epsilon exponent spread.")
+    eps_per: Literal["env", "actor"] = Field(
+        "env", description="Who gets one Ape-X epsilon: every env of every actor (env), or each actor's envs together."
+    )
     sync_every: int = Field(400, ge=1, description="Env steps between weight pickups from the board.")
     torch_threads: int = Field(
         1, ge=1, le=256, description="torch threads per actor (1: N actors do not oversubscribe)."

@@ -88,6 +88,27 @@ def test_an_env_envpool_does_not_have_is_one_line_and_exit_2(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing started, no run folder
 
 
+@pytest.mark.timeout(240)
+def test_actors_attach_to_an_envpool_run_write_and_detach(live):
+    from system_helpers import wait_for
+    from test_attach_live import attach, ctrl_c, joined
+
+    run = live("--config", "configs/smoke.yaml", "env.backend=envpool", "run.total_env_steps=100000000",
+               "run.wall_time_s=600")  # fmt: skip
+    run.wait_members({"learner", "actor-0"})
+    wait_for(lambda: run.metrics() and run.metrics()[-1]["env_steps"] > 0, 60, "the run stepping")
+    with SharedRun.attach(run.run_dir) as shared:
+        before = shared.ring.counts()["inserts"]
+        proc = attach(run.run_dir, "--actors", "1")
+        wait_for(lambda: joined(run, proc, 1), 60, "an attached EnvPool actor")
+        wait_for(lambda: any(m["attached"] and m["steps"] > 0 for m in shared.control.live_members()), 30,
+                 "the attached actor stepping")  # fmt: skip
+        assert "detached (exit codes [0])" in ctrl_c(proc)
+        assert shared.ring.counts()["inserts"] > before
+    rc, _, err = run.stop(timeout=30)
+    assert rc == 0, err
+
+
 def _shared(cfg, tmp_path):
     p = plan(cfg)
     limit = RateLimit(None, 1, 0, p.ring.block, 64)

@@ -3,6 +3,7 @@ under RAM pressure (and the memory really goes), writes every move to decisions.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -35,12 +36,23 @@ def rss_shmem_kib(pid: int) -> int:
     raise AssertionError("no RssShmem in /proc/<pid>/status")
 
 
+NO_ENVPOOL = pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="needs the envpool extra")
+
+
 @pytest.mark.skipif(resources.usable_cpus() < 2, reason="one usable CPU: there is no room for a second actor")
-def test_a_starved_learner_on_an_idle_machine_gets_more_actors(live):
+@pytest.mark.parametrize("backend", ["gymnasium", pytest.param("envpool", marks=NO_ENVPOOL)])
+def test_a_starved_learner_on_an_idle_machine_gets_more_actors(live, backend):
     # One actor, and a learner that may draw only one sample per four inserts: it waits for data
     # most of its time however fast or loaded the machine is (at one per insert a slow box keeps
-    # the learner just busy enough to look fed).
-    run = live(*LONG, *FAST, "actors.count=auto", "actors.initial=1", "replay.samples_per_insert=0.25")
+    # the learner just busy enough to look fed). EnvPool actors are processes like any other.
+    run = live(
+        *LONG,
+        *FAST,
+        "actors.count=auto",
+        "actors.initial=1",
+        "replay.samples_per_insert=0.25",
+        f"env.backend={backend}",
+    )
     run.wait_members({"monitor", "learner", "actor-0"})
     added = wait_for(lambda: [m for m in moves(run.run_dir, "actors") if m["new"] > m["old"]], 60, "an actor added")
     assert added[0]["old"] == 1 and added[0]["rule"]

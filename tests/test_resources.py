@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import requires_cuda
@@ -42,7 +43,32 @@ def test_ape_x_epsilons_span_from_base_to_base_to_the_eighth():
     eps = [ape_x_epsilon(i, 8, 0.4, 7.0) for i in range(8)]
     assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
     assert eps == sorted(eps, reverse=True)
-    assert ape_x_epsilon(0, 1) == 0.4  # a single actor explores with the base epsilon
+    assert ape_x_epsilon(0, 1) == 0.4  # a single explorer explores with the base epsilon
+
+
+@pytest.mark.parametrize("per", ["env", "actor"])
+def test_every_env_of_every_actor_is_one_ape_x_explorer(tmp_path, shm_name, per):
+    """Per env (the default), actor i of 2 with 4 envs holds explorers 4i..4i+3 of 8, so one actor's envs
+    already span a range of epsilons; per actor, all its envs share actor i's."""
+    from mp_rl.agent.actor import Actor
+    from mp_rl.shm.manifest import SharedRun
+
+    cfg = load_config("configs/smoke.yaml", ["env.envs_per_actor=4", f"actors.eps_per={per}"])
+    p = plan(cfg)
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, p.numel, 4)
+    try:
+        got = []
+        for index in range(2):
+            actor = Actor(cfg, shared, p.spec, slot=index, index=index, count=2, seed=0)
+            got.append(actor.epsilons)
+            actor.close()
+        if per == "env":
+            want = [ape_x_epsilon(i, 8, 0.4, 7.0) for i in range(8)]
+            assert np.concatenate(got) == pytest.approx(want)
+        else:
+            assert list(got[0]) == [0.4] * 4 and got[1] == pytest.approx([0.4**8] * 4)
+    finally:
+        shared.close()
 
 
 @requires_cuda

@@ -44,6 +44,7 @@ class Lane:
     def __init__(self, env, builder: NStepBuilder, obs: np.ndarray):
         self.env, self.builder, self.obs = env, builder, obs
         self.actions: np.ndarray | None = None
+        self.epsilons: np.ndarray | None = None
 
 
 class Actor:
@@ -56,17 +57,18 @@ class Actor:
 
     def __init__(self, cfg: Config, shared: SharedRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int):
         self.cfg, self.shared, self.spec, self.slot = cfg, shared, spec, slot
-        self.epsilon = ape_x_epsilon(index, count, cfg.actors.eps_base, cfg.actors.eps_alpha)
         envs = make_actor_envs(cfg.env, seed)
         self.num_envs = sum(e.num_envs for e in envs)
+        self.epsilons = self._epsilons(cfg, index, count)
         self.policy = q_network(spec, cfg.learner)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
         self.rng = np.random.default_rng(seed)
-        self.lanes = []
+        self.lanes, first = [], 0
         for env in envs:
             obs, _ = env.reset(seed=seed)
             lane = Lane(env, self._builder(cfg, shared.ring.spec, spec, env.num_envs), obs)
+            lane.epsilons, first = self.epsilons[first : first + env.num_envs], first + env.num_envs
             lane.builder.start(obs)
             self.lanes.append(lane)
         self.asynchronous = cfg.env.backend == "envpool"
@@ -77,6 +79,20 @@ class Actor:
         self.staged = 0
         self.on_blocked: Callable[[], object] | None = None
         self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
+
+    def _epsilons(self, cfg: Config, index: int, count: int) -> np.ndarray:
+        """One epsilon per env. Per env (the default), every env of every actor is one of Ape-X's
+        explorers, so even a single actor's envs span eps_base .. eps_base ** (1 + alpha); per actor,
+        actor i of N gives all its envs the same one."""
+        a, n = cfg.actors, self.num_envs
+        if a.eps_per == "env":
+            return np.array([ape_x_epsilon(index * n + j, count * n, a.eps_base, a.eps_alpha) for j in range(n)])
+        return np.full(n, ape_x_epsilon(index, count, a.eps_base, a.eps_alpha))
+
+    @property
+    def epsilon_range(self) -> str:
+        lo, hi = float(self.epsilons.min()), float(self.epsilons.max())
+        return f"{hi:.4f}" if lo == hi else f"{hi:.4f}..{lo:.5f}"
 
     @staticmethod
     def _builder(cfg: Config, ring: RingSpec, spec: EnvSpec, num_envs: int) -> NStepBuilder:
@@ -93,10 +109,10 @@ class Actor:
     builder = property(lambda self: self.lanes[0].builder)
     obs = property(lambda self: self.lanes[0].obs)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray, epsilons: np.ndarray | None = None) -> np.ndarray:
         with torch.inference_mode():
             actions = q_values(self.policy(torch.as_tensor(obs))).argmax(dim=1).numpy()
-        explore = self.rng.random(len(actions)) < self.epsilon
+        explore = self.rng.random(len(actions)) < (self.epsilons if epsilons is None else epsilons)
         actions[explore] = self.rng.integers(0, self.spec.n_actions, int(explore.sum()))
         return actions
 
@@ -111,28 +127,28 @@ class Actor:
         if self.asynchronous:
             return self._step_async()
         lane = self.lanes[0]
-        actions = self.act(lane.obs)
+        actions = self.act(lane.obs, lane.epsilons)
         lane.obs, reward, terminated, truncated, _ = lane.env.step(actions)
         rows = lane.builder.add(actions, reward, lane.obs, terminated, truncated)
         if rows is not None:
             self._emit(rows, lane.builder)
-        return lane.env.num_envs
+        return len(actions)
 
     def _step_async(self) -> int:
         lane = self.lanes[self.turn]
         self.turn = (self.turn + 1) % len(self.lanes)
         if lane.actions is None:  # the lane's first step: nothing in flight yet
-            lane.actions = self.act(lane.obs)
+            lane.actions = self.act(lane.obs, lane.epsilons)
             lane.env.send(lane.actions)
             return 0
         obs, reward, terminated, truncated, _ = lane.env.recv()
         sent, lane.obs = lane.actions, obs
-        lane.actions = self.act(obs)
+        lane.actions = self.act(obs, lane.epsilons)
         lane.env.send(lane.actions)  # the lane steps from here; its rows are built meanwhile
         rows = lane.builder.add(sent, reward, obs, terminated, truncated)
         if rows is not None:
             self._emit(rows, lane.builder)
-        return lane.env.num_envs
+        return len(sent)
 
     def _emit(self, rows, builder: NStepBuilder) -> None:
         """Write the chunk's rows, then report the chunk's finished episodes."""

@@ -1,0 +1,122 @@
+"""The flagship measured: `configs/threadripper.yaml` run for N minutes, against one core's env loop.
+
+    python -m benchmarks.flagship [--minutes 5] [--config configs/threadripper.yaml] [key=value ...]
+                                                                       (needs the atari extra)
+
+First the baseline, in the same run: one process stepping the same vector env (same preprocessing,
+batched policy, epsilon-greedy) on one core with nothing else running (`benchmarks.scaling`'s
+ceiling). Then the real system through the CLI for `--minutes`, with the overrides given (e.g.
+`env.backend=envpool`, `learner.device=cpu`). From its metrics over the steady part (after the first
+fifth) it reports env frames/s (env steps x the frame skip), updates/s, GPU utilisation and VRAM
+(nvidia-ml-py, through the monitor), replay bytes (the ring's bytes per row x rows held), the actor
+count and batch size the monitor settled on, weight lag, and the return curve (a PNG beside the
+results), and the scaling ratio of the P7 figure: Atari frames/s ÷ (actor cores x one core's frames/s).
+Bar: >= 0.85 on a 16-core machine (an actor process is one core; the learner has its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import write_results
+from benchmarks.scaling import single_process_rate
+from mp_rl.config import load_config
+from mp_rl.shm.ringspec import RingSpec
+
+
+def run_system(config: str, minutes: float, runs_dir: Path, overrides: list[str]) -> Path:
+    cmd = [sys.executable, "-m", "mp_rl.run", "--config", config, f"run.runs_dir={runs_dir}",
+           f"run.wall_time_s={minutes * 60:g}", "run.total_env_steps=10000000000", "logging.status_every_s=2",
+           *overrides]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=minutes * 60 + 900)
+    if out.returncode != 0:
+        raise SystemExit(f"the run failed ({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}")
+    return max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def steady(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(all status lines, those after the first fifth of the run)."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    end = lines[-1]["time"]
+    return lines, [m for m in lines if m["time"] >= end / 5 and m.get("env_steps_per_s")]
+
+
+def med(rows: list[dict], key: str):
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+    return statistics.median(values) if values else None
+
+
+def plot(path: Path, lines: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [m["time"] / 60 for m in lines if m.get("return_mean") is not None]
+    r = [m["return_mean"] for m in lines if m.get("return_mean") is not None]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.plot(t, r, color="tab:blue")
+    a.set(xlabel="minutes", ylabel="episode return (mean of recent)", title="return")
+    b.plot([m["time"] / 60 for m in lines], [m.get("env_steps_per_s") or 0 for m in lines], label="env steps/s")
+    b.plot([m["time"] / 60 for m in lines], [m.get("updates_per_s") or 0 for m in lines], label="updates/s")
+    b.set(xlabel="minutes", title="throughput")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.flagship", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/threadripper.yaml")
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--baseline-seconds", type=float, default=20.0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("overrides", nargs="*", help="config overrides (key=value) for the run and the baseline")
+    a = ap.parse_args(argv)
+    out = Path(a.out or "bench_out/flagship")
+    cfg = load_config(a.config, a.overrides)
+    skip = 4 if cfg.env.id.startswith("ALE/") else 1  # frames per env step
+    one_core = single_process_rate(cfg, a.baseline_seconds) * skip
+    run_dir = run_system(a.config, a.minutes, out / "runs", a.overrides)
+    lines, st = steady(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    spec = RingSpec.from_json(manifest["segments"]["ring"]["spec"])
+    frames = med(st, "env_steps_per_s") * skip
+    actors = med(st, "actors")
+    r = {"run": str(run_dir), "frames_per_s": frames, "updates_per_s": med(st, "updates_per_s"),
+         "gpu_util": med(st, "gpu_util"), "vram_used_gib": (med(st, "vram_used") or 0) / 2**30 or None,
+         "replay_rows": lines[-1]["replay_size"], "replay_gib": lines[-1]["replay_size"] * spec.bytes_per_row / 2**30,
+         "bytes_per_row": spec.bytes_per_row, "actors": actors, "batch_size": med(st, "batch_size"),
+         "weight_lag": med(st, "weight_lag"), "return_first": lines[0].get("return_mean"),
+         "return_last": lines[-1].get("return_mean"), "one_core_frames_per_s": one_core,
+         "scaling": frames / (actors * one_core) if actors else None}  # fmt: skip
+    plot(out / "flagship.png", lines)
+    print(f"flagship: {a.config} {' '.join(a.overrides)}, {a.minutes:g} min; steady part = after the first fifth\n")
+    rows = [("env frames/s", f"{frames:,.0f}"), ("learner updates/s", f"{r['updates_per_s']:,.1f}"),
+            ("GPU utilisation", "—" if r["gpu_util"] is None else f"{r['gpu_util']:.0%}"),
+            ("VRAM used", "—" if r["vram_used_gib"] is None else f"{r['vram_used_gib']:.1f} GiB"),
+            ("replay", f"{r['replay_rows']:,} rows, {r['replay_gib']:.2f} GiB ({r['bytes_per_row']:,.0f} B a row)"),
+            ("actors (monitor)", f"{actors:g}"), ("batch size (monitor)", f"{r['batch_size']:g}"),
+            ("weight lag (versions)", f"{r['weight_lag']:g}"),
+            ("return, first → last status line", f"{r['return_first']} → {r['return_last']}"),
+            ("one core's env loop (baseline)", f"{one_core:,.0f} frames/s"),
+            ("frames/s ÷ (actors × one core)", "—" if r["scaling"] is None else f"{r['scaling']:.2f}")]  # fmt: skip
+    print("| figure | value |\n| --- | --- |")
+    print("\n".join(f"| {k} | {v} |" for k, v in rows))
+    if r["scaling"] is not None:
+        print(f"\nscaling ratio {r['scaling']:.2f} (bar >= 0.85 on a 16-core machine: this one has "
+              f"{len(os.sched_getaffinity(0))} usable CPUs)")  # fmt: skip
+    print(f"return curve: {out / 'flagship.png'}")
+    print(f"results: {write_results('flagship', str(out), r)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
