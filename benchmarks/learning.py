@@ -31,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,21 +51,23 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "mp_rl.run", "--config", env["config"], f"run.seed={seed}",
            f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "logging.status_every_s=1",
            *env["extra"]]  # fmt: skip
-    launched = time.time()
+    launched, lines = time.time(), []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Its output, read as it comes (a full pipe would stall the run), each line with its time since launch.
+    reader = threading.Thread(target=lambda: lines.extend((time.time() - launched, x) for x in proc.stdout))
+    reader.start()
     try:
         proc.wait(timeout=budget)  # returns early when the config's run.target_return stopped the run
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # a user's Ctrl-C: the run stops, keeps final.pt and writes its report
-    out, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    reader.join(60)
     if proc.returncode != 0:
-        raise SystemExit(f"mp_rl failed ({proc.returncode}):\n{out[-2000:]}")
+        raise SystemExit(f"mp_rl failed ({proc.returncode}):\n{''.join(x for _, x in lines)[-2000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    reached = None
-    if env["threshold"] is not None:
-        hits = [m for m in metrics if (m.get("eval_return") or -1e9) >= env["threshold"]]
-        reached = hits[0]["unix_time"] - launched if hits else None
+    # The evaluation that reached the target stops the run: "stopping: evaluation return ... reached run.target_return"
+    reached = next((t for t, x in lines if "reached run.target_return" in x), None)
     stopped = metrics[-1]
     which = "best" if reached is not None else "final"  # best.pt: the weights that reached the target
     res = worker(["--eval-mp-rl", str(run_dir), "--checkpoint", which, "--env", env["id"], "--seed", str(seed),
