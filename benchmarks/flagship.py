@@ -17,6 +17,7 @@ Bar: >= 0.85 on a 16-core machine (an actor process is one core; the learner has
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -44,7 +45,25 @@ def steady(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(all status lines, those after the first fifth of the run)."""
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     end = lines[-1]["time"]
-    return lines, [m for m in lines if m["time"] >= end / 5 and m.get("env_steps_per_s")]
+    return lines, [m for m in lines if m["time"] >= end / 5]
+
+
+def rate(rows: list[dict], key: str) -> float:
+    """Counter `key` per second over `rows`: from its first and last values, so the bursts in which
+    actors report their steps (every few hundred) do not skew it as a median of per-line rates would."""
+    return (rows[-1][key] - rows[0][key]) / (rows[-1]["time"] - rows[0]["time"])
+
+
+def windowed(lines: list[dict], key: str, span: float = 10.0) -> tuple[list[float], list[float]]:
+    """(minutes, rate of counter `key` over the last `span` seconds) for the throughput panel."""
+    t, v, j = [], [], 0
+    for i, m in enumerate(lines):
+        while m["time"] - lines[j]["time"] > span:
+            j += 1
+        if i > j:
+            t.append(m["time"] / 60)
+            v.append((m[key] - lines[j][key]) / (m["time"] - lines[j]["time"]))
+    return t, v
 
 
 def med(rows: list[dict], key: str):
@@ -63,9 +82,9 @@ def plot(path: Path, lines: list[dict]) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     a.plot(t, r, color="tab:blue")
     a.set(xlabel="minutes", ylabel="episode return (mean of recent)", title="return")
-    b.plot([m["time"] / 60 for m in lines], [m.get("env_steps_per_s") or 0 for m in lines], label="env steps/s")
-    b.plot([m["time"] / 60 for m in lines], [m.get("updates_per_s") or 0 for m in lines], label="updates/s")
-    b.set(xlabel="minutes", title="throughput")
+    b.plot(*windowed(lines, "env_steps"), label="env steps/s")
+    b.plot(*windowed(lines, "updates"), label="updates/s")
+    b.set(xlabel="minutes", title="throughput (10 s windows)")
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -88,15 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     lines, st = steady(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     spec = RingSpec.from_json(manifest["segments"]["ring"]["spec"])
-    frames = med(st, "env_steps_per_s") * skip
+    frames = rate(st, "env_steps") * skip
     actors = med(st, "actors")
-    r = {"run": str(run_dir), "frames_per_s": frames, "updates_per_s": med(st, "updates_per_s"),
+    r = {"run": str(run_dir), "frames_per_s": frames, "updates_per_s": rate(st, "updates"),
          "gpu_util": med(st, "gpu_util"), "vram_used_gib": (med(st, "vram_used") or 0) / 2**30 or None,
          "replay_rows": lines[-1]["replay_size"], "replay_gib": lines[-1]["replay_size"] * spec.bytes_per_row / 2**30,
          "bytes_per_row": spec.bytes_per_row, "actors": actors, "batch_size": med(st, "batch_size"),
          "weight_lag": med(st, "weight_lag"), "return_first": lines[0].get("return_mean"),
          "return_last": lines[-1].get("return_mean"), "one_core_frames_per_s": one_core,
-         "scaling": frames / (actors * one_core) if actors else None}  # fmt: skip
+         "scaling": frames / (actors * one_core) if actors else None,
+         "bottleneck": collections.Counter(m.get("bottleneck") for m in st).most_common(1)[0][0]}  # fmt: skip
     plot(out / "flagship.png", lines)
     print(f"flagship: {a.config} {' '.join(a.overrides)}, {a.minutes:g} min; steady part = after the first fifth\n")
     rows = [("env frames/s", f"{frames:,.0f}"), ("learner updates/s", f"{r['updates_per_s']:,.1f}"),
@@ -104,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             ("VRAM used", "—" if r["vram_used_gib"] is None else f"{r['vram_used_gib']:.1f} GiB"),
             ("replay", f"{r['replay_rows']:,} rows, {r['replay_gib']:.2f} GiB ({r['bytes_per_row']:,.0f} B a row)"),
             ("actors (monitor)", f"{actors:g}"), ("batch size (monitor)", f"{r['batch_size']:g}"),
-            ("weight lag (versions)", f"{r['weight_lag']:g}"),
+            ("weight lag (versions)", f"{r['weight_lag']:g}"), ("bottleneck (monitor, most often)", r["bottleneck"]),
             ("return, first → last status line", f"{r['return_first']} → {r['return_last']}"),
             ("one core's env loop (baseline)", f"{one_core:,.0f} frames/s"),
             ("frames/s ÷ (actors × one core)", "—" if r["scaling"] is None else f"{r['scaling']:.2f}")]  # fmt: skip
