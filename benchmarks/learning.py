@@ -127,7 +127,7 @@ def eval_mp_rl_main(a: argparse.Namespace) -> None:
     print(json.dumps({"final": float(np.mean(returns)), "returns": returns}))
 
 
-def summarize(name: str, env: dict, budget: float, runs: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+def summarize(env: dict, budget: float, runs: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     rows, verdict = [], {}
     for system in runs:
         rs = runs[system]
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 at = "" if r.get("reached_s") is None else f", {env['threshold']:g} at {r['reached_s']:.0f} s"
                 print(f"{name} seed {seed} {system}: greedy {r['final']:.1f}{at}, {r['env_steps']:,} env steps",
                       flush=True)  # fmt: skip
-        rows, verdict = summarize(name, env, budget, runs)
+        rows, verdict = summarize(env, budget, runs)
         results[name] = {"budget_s": budget, "runs": runs, "rows": rows, "mp_rl_at_least": verdict}
         cols = [("system", "system", "s"), ("median", "greedy return, median", ".1f"), ("seeds", "per seed", "s"),
                 ("steps", "env steps, median", ",")]  # fmt: skip
