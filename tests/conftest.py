@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 
 import psutil
 import pytest
@@ -12,6 +14,16 @@ import pytest
 from mp_rl.shm.segment import Segment, list_segments
 
 _names = itertools.count()
+
+
+def pytest_configure(config) -> None:
+    """mp_rl's measurement cache (the planner's footprints) goes to a folder of this session, never
+    the user's; the CLI runs the tests start inherit it."""
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mp_rl-test-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ.get("XDG_CACHE_HOME", ""), ignore_errors=True)
 
 
 def _children() -> list[psutil.Process]:

@@ -1,8 +1,9 @@
 """Everything checked before a run creates anything: the env, what fits the machine, the run folder.
 
-Requests beyond the machine are clamped with a warning (actors to usable CPUs); a replay that cannot
-fit in available memory is refused with the figure it needs. Bad input raises `StartError`, whose
-message is the one line the CLI prints before exiting 2.
+Requests beyond the machine are clamped with a warning (actors to usable CPUs). The budget
+(`budget.Budget`) prices every component: a start that does not fit is refused with the figure it
+needs and what would fit, and every `auto` knob's upper bound is the largest that fits. Bad input
+raises `StartError`, whose message is the one line the CLI prints before exiting 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from mp_rl.agent.models import NetworkError, check_network, q_network
 from mp_rl.config import Config
 from mp_rl.shm.ring import RingSpec
 from mp_rl.shm.sync import RateLimit, RateLimitError
-from mp_rl.start import resources
+from mp_rl.start import footprint, resources
+from mp_rl.start.budget import Budget, Limits, Point, gib, learner_device
 
 
 class StartError(ValueError):
@@ -67,6 +69,8 @@ class Plan:
     max_members: int
     numel: int  # parameters of the Q-network: the weight board's size
     warnings: list[str] = field(default_factory=list)
+    budget: Budget | None = None  # what each component costs (`python -m mp_rl.plan` prints it)
+    problems: list[str] = field(default_factory=list)  # why the start does not fit (only with check off)
 
     @property
     def schedule(self) -> int:
@@ -85,10 +89,6 @@ class Plan:
     @property
     def epsilons_for(self) -> int:
         return max(self.schedule, self.actors)
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _actors(cfg: Config, warnings: list[str]) -> Span:
@@ -113,14 +113,13 @@ def _batch(cfg: Config) -> Span:
     return Span(lc.batch_size, lc.batch_size, lc.batch_size, False)
 
 
-def _capacity(cfg: Config, ring: RingSpec, row: float, warnings: list[str]) -> Span:
+def _capacity(cfg: Config, ring: RingSpec, row: float) -> Span:
     rc, avail, hi = cfg.replay, resources.available_memory(), ring.capacity_max
     if rc.capacity != "auto":
         return Span(rc.capacity, rc.capacity, rc.capacity, False)
     lo = min(cfg.monitor.capacity_min, hi)
     # Start at what a quarter of available memory holds (or as asked); the monitor moves it.
     start = int(min(hi, max(lo, rc.initial_capacity or avail // 4 // row)))
-    warnings.append(f"replay.capacity auto: starting at {start:,} rows ({_gib(start * row)})")
     return Span(start, lo, hi, True)
 
 
@@ -135,7 +134,9 @@ def rate_limit(cfg: Config, batch: Span) -> RateLimit:
         raise StartError(f"replay.error_buffer: {exc}") from None
 
 
-def plan(cfg: Config) -> Plan:
+def plan(cfg: Config, check: bool = True) -> Plan:
+    """Check and size a run. Bad input raises StartError; so does a start that does not fit, unless
+    `check` is off (`python -m mp_rl.plan` shows such a plan, with `Plan.problems`)."""
     if cfg.learner.device == "cuda" and not torch.cuda.is_available():
         raise StartError("learner.device: cuda requested but no CUDA device is available (use auto or cpu)")
     try:
@@ -143,31 +144,72 @@ def plan(cfg: Config) -> Plan:
     except EnvError as exc:
         raise StartError(str(exc)) from None
     try:  # a network that cannot take the observation, or a size torch refuses, is one line here
-        numel = numel_for(cfg, spec)
+        net = network_cost(cfg, spec)
     except NetworkError as exc:
         raise StartError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         raise StartError(f"learner: cannot build the Q-network for {spec.obs_shape}: {str(exc)[:160]}") from None
     # Online, target, gradients, Adam's two moments and the board's two slots: 7 float32 copies.
     avail = resources.available_memory()
-    if 7 * 4 * numel > 0.9 * avail:
-        raise StartError(f"learner.hidden: a network of {numel:,} parameters needs {_gib(28 * numel)} for the "
-                         f"learner and weight board, more than {_gib(avail)} available")  # fmt: skip
+    if 7 * 4 * net.numel > 0.9 * avail:
+        raise StartError(f"learner.hidden: a network of {net.numel:,} parameters needs {gib(28 * net.numel)} for "
+                         f"the learner and weight board, more than {gib(avail)} available")  # fmt: skip
     warnings: list[str] = []
     ring = ring_spec(cfg, spec)
-    row = ring.bytes_per_row
-    knobs = Knobs(_actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, row, warnings))
-    need = knobs.capacity.start * row
-    if need > 0.9 * avail:
-        raise StartError(
-            f"replay.capacity {knobs.capacity.start:,} rows x {row:,.0f} B = {_gib(need)} does not fit in "
-            f"{_gib(avail)} of available memory"
-        )
-    if ring.capacity_max * row > avail:
-        warnings.append(
-            f"replay.capacity_max would need {_gib(ring.capacity_max * row)}; capacity will stay within RAM"
-        )
-    return Plan(cfg, spec, ring, rate_limit(cfg, knobs.batch_size), knobs, cfg.actors.max_count + 8, numel, warnings)
+    max_members = cfg.actors.max_count + 8
+    limits = Limits.current(learner_device(cfg))
+    budget = Budget(cfg, spec, ring, net, footprint.bases(), footprint.env_cost(cfg.env), limits, max_members)
+    knobs = _fitted(budget, Knobs(_actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, ring.bytes_per_row)))
+    problems = budget.problems(point(cfg, knobs))
+    if problems and check:
+        fix = would_fit(budget, point(cfg, knobs))
+        raise StartError(f"the plan does not fit: {'; '.join(problems)}"
+                         f"{'; it would fit with ' + ' or '.join(fix) if fix else ''} "
+                         f"(python -m mp_rl.plan shows each component)")  # fmt: skip
+    if knobs.capacity.auto:
+        warnings.append(f"replay.capacity auto: starting at {knobs.capacity.start:,} rows "
+                        f"({gib(budget.replay(knobs.capacity.start).shm)}), at most {knobs.capacity.hi:,}")  # fmt: skip
+    if ring.capacity_max * ring.bytes_per_row > avail:
+        warnings.append(f"replay.capacity_max would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
+                        f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
+    limit = rate_limit(cfg, knobs.batch_size)
+    return Plan(cfg, spec, ring, limit, knobs, max_members, net.numel, warnings, budget, problems)
+
+
+def point(cfg: Config, knobs: Knobs, top: bool = False) -> Point:
+    """The operating point at the knobs' starts (or, `top`, at their upper bounds)."""
+    pick = (lambda s: s.hi) if top else (lambda s: s.start)
+    return Point(pick(knobs.actors), cfg.env.envs_per_actor, pick(knobs.batch_size), pick(knobs.capacity))
+
+
+def _fitted(budget: Budget, k: Knobs) -> Knobs:
+    """Upper bounds an `auto` knob may reach without the run outgrowing the machine: actors and batch
+    with the replay at its smallest, then the replay with both of those at their largest."""
+    e = budget.cfg.env.envs_per_actor
+
+    def cap(span: Span, knob: str, at: Point) -> Span:
+        if not span.auto:
+            return span
+        hi = budget.largest(at, knob, span.lo, span.hi)
+        hi = span.lo if hi is None else hi  # not even the least fits: the start check says so
+        return Span(min(span.start, hi), span.lo, hi, True)
+
+    actors = cap(k.actors, "actors", Point(k.actors.lo, e, k.batch_size.start, k.capacity.lo))
+    batch = cap(k.batch_size, "batch", Point(actors.hi, e, k.batch_size.lo, k.capacity.lo))
+    capacity = cap(k.capacity, "capacity", Point(actors.hi, e, batch.hi, k.capacity.lo))
+    return Knobs(actors, batch, capacity)
+
+
+def would_fit(budget: Budget, p: Point) -> list[str]:
+    """Overrides that would fit, one knob at a time with the others as asked (the largest value of each)."""
+    found = []
+    for knob, name, lo, now in (("capacity", "replay.capacity", min(1024, p.capacity), p.capacity),
+                                ("batch", "learner.batch_size", 8, p.batch), ("actors", "actors.count", 1, p.actors),
+                                ("envs_per_actor", "env.envs_per_actor", 1, p.envs_per_actor)):  # fmt: skip
+        best = budget.largest(p, knob, lo, now) if now > lo else None
+        if best is not None and best < now:
+            found.append(f"{name}={best}")
+    return found
 
 
 def ring_spec(cfg: Config, spec: EnvSpec) -> RingSpec:
@@ -181,12 +223,12 @@ def ring_spec(cfg: Config, spec: EnvSpec) -> RingSpec:
     return ring.normalised()
 
 
-def numel_for(cfg: Config, spec: EnvSpec) -> int:
-    """Parameter count of the Q-network this config builds (the weight board's size)."""
+def network_cost(cfg: Config, spec: EnvSpec) -> footprint.NetCost:
+    """Parameters and activations of the Q-network this config builds (the weight board's size)."""
     with torch.device("meta"):  # shapes only: a network too large for memory is counted, not allocated
         net = q_network(spec, cfg.learner)
     check_network(net, spec.obs_shape)  # the forward pass too, so a shape it cannot take fails here
-    return sum(q.numel() for q in net.parameters())
+    return footprint.network(net, spec.obs_shape)
 
 
 def new_run_dir(cfg: Config) -> Path:

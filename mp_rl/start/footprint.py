@@ -1,0 +1,187 @@
+"""What a process, an env and a network cost in memory: the measured inputs of the budget.
+
+- `bases()`: resident memory of an mp_rl process before its own data, by role, measured once per
+  machine and software in a child process and cached (`cache`).
+  A process that has imported torch holds ~230 MB before it owns a byte of replay; no formula knows
+  that figure for the next torch release, so it is measured.
+- `env_cost(cfg.env)`: the first env (its libraries, a ROM) and each further one, measured in this process.
+- `network(spec, lc)`: parameters, and the activations one sample keeps for the backward pass.
+
+Resident memory here is RssAnon + RssFile: what a process holds privately or maps from files.
+Shared-memory pages (the ring, the board) are counted once, as bytes in /dev/shm, not in every process
+that touches them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from mp_rl.start import cache
+
+# Measured on the 2-core development machine (torch 2.13, CPU): used when the child cannot run.
+FALLBACK = {"bare": 15 << 20, "imported": 237 << 20, "actor": 247 << 20, "learner": 322 << 20}
+CALIBRATION_VERSION = 1
+
+
+def rss() -> int:
+    """This process's resident bytes, shared memory excluded (RssAnon + RssFile)."""
+    total, found = 0, False
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    total += int(line.split()[1]) * 1024
+                    found = True
+    except OSError:
+        pass
+    if not found:  # not Linux: psutil's RSS, shared pages included
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    return total
+
+
+@dataclass(frozen=True)
+class Bases:
+    """Resident bytes of an mp_rl process by role, before its own buffers."""
+
+    bare: int  # a Python interpreter with nothing imported (the multiprocessing resource tracker)
+    imported: int  # mp_rl's member modules imported (torch, numpy, gymnasium): the monitor
+    actor: int  # imported, plus inference with one torch thread
+    learner: int  # imported, plus backward and a fused Adam step on the default threads
+    learner_cuda: int | None = None  # the same on CUDA: the CUDA context's host memory included
+    measured: bool = True
+
+
+# The child's first lines read its footprint before anything is imported (this module imports torch).
+_CHILD = """
+import json
+bare = 0
+with open('/proc/self/status') as f:
+    bare = sum(int(x.split()[1]) * 1024 for x in f if x.startswith(('RssAnon:', 'RssFile:')))
+from mp_rl.start import footprint
+print(json.dumps(footprint._child(bare)))
+"""
+
+
+def _child(bare: int) -> dict:
+    """Run inside the calibration child: each role's resident bytes after what that role does."""
+    out = {"bare": bare or FALLBACK["bare"]}
+    import mp_rl.system.shells  # noqa: F401  what every member process imports
+
+    out["imported"] = rss()
+    threads = torch.get_num_threads()
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        for _ in range(20):
+            net(torch.randn(16, 8))
+    out["actor"] = rss()
+    torch.set_num_threads(threads)
+    opt = torch.optim.Adam(net.parameters(), fused=True)
+    for _ in range(20):
+        opt.zero_grad()
+        net(torch.randn(64, 8)).square().mean().backward()
+        opt.step()
+    out["learner"] = rss()
+    if torch.cuda.is_available():
+        net = net.cuda()
+        opt = torch.optim.Adam(net.parameters(), fused=True)
+        for _ in range(5):
+            opt.zero_grad()
+            net(torch.randn(64, 8, device="cuda")).square().mean().backward()
+            opt.step()
+        torch.cuda.synchronize()
+        out["learner_cuda"] = rss()
+    return out
+
+
+def _key() -> str:
+    return cache.key("footprint", CALIBRATION_VERSION, cache.versions(), cache.fingerprint())
+
+
+def bases(timeout: float = 120.0) -> Bases:
+    """The roles' base footprints: cached, else measured in a child (a few seconds, once per machine)."""
+    digest = _key()
+    hit = cache.load("footprint", digest)
+    if hit is not None:
+        try:
+            return Bases(**hit)
+        except TypeError:
+            pass  # an entry from another layout: measure again
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                              timeout=timeout, check=True)  # fmt: skip
+        measured = Bases(**json.loads(done.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError, IndexError):
+        return Bases(**FALLBACK, measured=False)
+    cache.save("footprint", digest, asdict(measured))
+    return measured
+
+
+@dataclass(frozen=True)
+class EnvCost:
+    first: int  # the first env in a process: its libraries and data
+    each: int  # every env after it
+
+
+def env_cost(cfg) -> EnvCost:
+    """Resident bytes of this env config's environments, measured here: one env, then two more.
+    An env that cannot be built here (EnvPool-only ids) counts 0; preflight's probe says why."""
+    from mp_rl.agent.envs import env_factory
+
+    try:
+        make = env_factory(cfg.model_copy(update={"backend": "gymnasium"}))
+        r0 = rss()
+        envs = [make()]
+        r1 = rss()
+        envs += [make(), make()]
+        for i, env in enumerate(envs):  # buffers that exist only once an env has run
+            env.reset(seed=i)
+            for _ in range(8):
+                _, _, term, trunc, _ = env.step(env.action_space.sample())
+                if term or trunc:
+                    env.reset()
+        r2 = rss()
+        for env in envs:
+            env.close()
+    except Exception:  # a measurement, not a check: the probe reports bad envs
+        return EnvCost(0, 0)
+    return EnvCost(max(0, r1 - r0), max(0, (r2 - r1) // 2))
+
+
+@dataclass(frozen=True)
+class NetCost:
+    numel: int  # parameters
+    activations: int  # values one sample keeps for the backward pass (every layer's output)
+    inputs: int  # values of one observation as the network reads it (float)
+
+
+def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
+    """Parameters and per-sample activations of a network, from a shape-only (meta) forward pass."""
+    sizes: list[int] = []
+    if any(p.device.type != "meta" for p in net.parameters()):
+        net = copy.deepcopy(net).to("meta")  # shapes only, and the caller's network stays as it was
+
+    def hook(_m, _inp, out) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out[0].numel() if out.dim() else 1)
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.device("meta"):
+            net(torch.empty((1, *obs_shape)))
+    finally:
+        for h in handles:
+            h.remove()
+    numel = sum(p.numel() for p in net.parameters())
+    return NetCost(numel, sum(sizes), math.prod(obs_shape))
