@@ -41,6 +41,11 @@ class RunConfig(_Section):
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds (null: no limit).")
     target_return: float | None = Field(None, description="Stop once the greedy evaluation mean reaches this.")
     serial: bool = Field(False, description="Run actor, learner and monitor in one process (debugging, tests).")
+    autotune: bool = Field(
+        False,
+        description="Search envs per actor, actors and batch size for the most env steps/s at the start "
+        "(cached per machine and config: a cached start only re-checks its point).",
+    )
     pin_cpus: bool = Field(
         False, description="Pin the learner to the last usable CPU and actor i to CPU i of the rest (wrapping)."
     )

@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, e.g. learner.batch_size=128")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its newest checkpoint")
     p.add_argument("--print-config", action="store_true", help="check everything, print the resolved config, exit")
+    p.add_argument("--retune", action="store_true", help="with run.autotune: search again, ignoring the cache")
     args = p.parse_args(argv)
     if not args.config and not args.resume:
         p.error("one of --config or --resume is required")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path = args.config
         if args.resume:
             config_path, ckpt, state = resume_source(Path(args.resume).resolve())
-        cfg = load_config(config_path, args.overrides)
+        cfg = load_config(config_path, [*args.overrides, *(["run.autotune=true"] if args.retune else [])])
         run_plan = plan(cfg)
         if state is not None:
             fits_network(run_plan, state, ckpt)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from mp_rl.system.supervisor import Supervisor
 
-    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters).run()
+    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters, retune=args.retune).run()
 
 
 if __name__ == "__main__":

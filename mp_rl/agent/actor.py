@@ -55,30 +55,49 @@ class Actor:
     lane's C++ threads step and the other lane's step is still in flight.
     """
 
-    def __init__(self, cfg: Config, shared: SharedRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int):
+    def __init__(self, cfg: Config, shared: SharedRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int,
+                 follow_envs: bool = False):  # fmt: skip
         self.cfg, self.shared, self.spec, self.slot = cfg, shared, spec, slot
-        envs = make_actor_envs(cfg.env, seed)
-        self.num_envs = sum(e.num_envs for e in envs)
-        self.epsilons = self._epsilons(cfg, index, count)
+        self.index, self.count, self.seed = index, count, seed
+        # The supervisor's actors take their env count from the control block (the tuner's trials move
+        # it); an actor attached by hand keeps the count it was started with.
+        self.follow_envs = follow_envs
         self.policy = q_network(spec, cfg.learner)
         self.flat = flatten_parameters(self.policy)
         self.weights = 0
         self.rng = np.random.default_rng(seed)
-        self.lanes, first = [], 0
-        for env in envs:
-            obs, _ = env.reset(seed=seed)
-            lane = Lane(env, self._builder(cfg, shared.ring.spec, spec, env.num_envs), obs)
-            lane.epsilons, first = self.epsilons[first : first + env.num_envs], first + env.num_envs
-            lane.builder.start(obs)
-            self.lanes.append(lane)
         self.asynchronous = cfg.env.backend == "envpool"
-        self.turn = 0
+        self.lanes: list[Lane] = []
+        self.replaced_steps = 0  # steps of lanes a resize closed
+        want = shared.control.target("envs_per_actor") if follow_envs else 0
+        self._make_lanes(want or cfg.env.envs_per_actor)
         self.writer = shared.ring.writer(token=slot + 1)
         # Whole rows from several envs share blocks: a partial block is staged until it fills.
         self.stage = {f.name: np.empty((shared.ring.spec.block, *f.shape), f.dtype) for f in shared.ring.spec.fields}
         self.staged = 0
         self.on_blocked: Callable[[], object] | None = None
         self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
+
+    def _make_lanes(self, num_envs: int) -> None:
+        envs = make_actor_envs(self.cfg.env.model_copy(update={"envs_per_actor": num_envs}), self.seed)
+        self.num_envs = sum(e.num_envs for e in envs)
+        self.epsilons = self._epsilons(self.cfg, self.index, self.count)
+        self.lanes, first, self.turn = [], 0, 0
+        for env in envs:
+            obs, _ = env.reset(seed=self.seed)
+            lane = Lane(env, self._builder(self.cfg, self.shared.ring.spec, self.spec, env.num_envs), obs)
+            lane.epsilons, first = self.epsilons[first : first + env.num_envs], first + env.num_envs
+            lane.builder.start(obs)
+            self.lanes.append(lane)
+
+    def resize(self, num_envs: int) -> None:
+        """Step `num_envs` envs from now on: write what the old ones know (as a retiring actor does),
+        close them, start new ones."""
+        self.finish()
+        self.replaced_steps = self.steps
+        for lane in self.lanes:
+            lane.env.close()
+        self._make_lanes(num_envs)
 
     def _epsilons(self, cfg: Config, index: int, count: int) -> np.ndarray:
         """One epsilon per env. Per env (the default), every env of every actor is one of Ape-X's
@@ -119,7 +138,7 @@ class Actor:
     @property
     def steps(self) -> int:
         """Env steps accounted so far (per chunk; autoreset steps are not steps of any episode)."""
-        return sum(lane.builder.taken for lane in self.lanes)
+        return self.replaced_steps + sum(lane.builder.taken for lane in self.lanes)
 
     def step(self) -> int:
         """One vector step of one lane: act, step its envs; every chunk, write its rows and report its
@@ -249,6 +268,9 @@ class Actor:
                     reported, since_beat = self.steps, 0
                     if not self.run_alive():
                         break
+                    want = control.target("envs_per_actor") if self.follow_envs else 0
+                    if want and want != self.num_envs:
+                        self.resize(want)
             if control.state(self.slot) == State.RETIRING and self.run_alive():  # complete what we have
                 self.finish()
         except (RingClosed, Detached):

@@ -44,7 +44,7 @@ ATTACHED = 1  # member flag: started by hand (mp_rl.attach); the monitor never r
 M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = range(8)
 COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
 EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
-TARGETS = ("actors", "batch_size", "capacity")
+TARGETS = ("actors", "batch_size", "capacity", "envs_per_actor")
 SNAPSHOT_BYTES = 64 * 1024  # the monitor's latest snapshot, as JSON, under a seqlock
 
 

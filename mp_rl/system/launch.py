@@ -27,6 +27,7 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None) -> SharedR
     control.set_target("actors", plan.knobs.actors.start)
     control.set_target("capacity", plan.knobs.capacity.start)
     control.set_target("batch_size", plan.knobs.batch_size.start)
+    control.set_target("envs_per_actor", plan.cfg.env.envs_per_actor)
     return shared
 
 

@@ -134,8 +134,8 @@ def actor_main(a: ActorArgs) -> None:
     pin(cfg, a.index)
     torch.set_num_threads(cfg.actors.torch_threads)  # N actors must not oversubscribe the cores
     with member_of(a.run_dir, a.slot, log) as shared:
-        actor = Actor(cfg, shared, env_spec_of(shared), a.slot, a.index, a.count, a.seed)
-        log.info("actor %d (slot %d) epsilon %s", a.index, a.slot, actor.epsilon_range)
+        actor = Actor(cfg, shared, env_spec_of(shared), a.slot, a.index, a.count, a.seed, follow_envs=True)
+        log.info("actor %d (slot %d) %d envs, epsilon %s", a.index, a.slot, actor.num_envs, actor.epsilon_range)
         actor.run()
         actor.close()
         if shared.control.state(a.slot) == State.RETIRING:  # retired: its block is finished, the slot is free

@@ -24,7 +24,9 @@ from mp_rl.agent.evaluation import Evaluator
 from mp_rl.shm.control import Kind, State
 from mp_rl.shm.manifest import SharedRun, write_json_atomic
 from mp_rl.shm.reaper import remove_dead
+from mp_rl.start import tune
 from mp_rl.start.preflight import Plan
+from mp_rl.start.tune import Tuner
 from mp_rl.system.launch import apply_capacity, open_run
 from mp_rl.system.progress import Metrics, StatusOutput
 from mp_rl.system.shells import ActorArgs, LearnerArgs, MonitorArgs, actor_main, learner_main, monitor_main, title
@@ -82,7 +84,8 @@ def reap_attached(shared: SharedRun, ours: set[int], timeout: float, silent: set
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, run_dir: Path, resume: Path | None = None, counters: dict | None = None):
+    def __init__(self, plan: Plan, run_dir: Path, resume: Path | None = None, counters: dict | None = None,
+                 retune: bool = False, stop_when_tuned: bool = False):  # fmt: skip
         self.plan, self.cfg, self.run_dir, self.run_id = plan, plan.cfg, run_dir, run_dir.name
         self.resume, self.counters = resume, counters or {}
         self.ctx = mp.get_context("spawn")  # CUDA-safe: no inherited CUDA context, clean interpreters
@@ -94,19 +97,42 @@ class Supervisor:
         self.metrics: Metrics | None = None  # set once the watch loop starts
         self.evaluator: Evaluator | None = None
         self.silent: set[int] = set()  # pids of attached actors already reported silent
+        self.retune, self.stop_when_tuned = retune, stop_when_tuned
+        self.tuner: Tuner | None = None
 
     # --- start --------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, out: StatusOutput) -> None:
         setproctitle(title(self.run_id, "supervisor"))
         for run_id in remove_dead():  # never raises: a cleanup failure must not stop a start
             log.warning("removed the segments of dead run %s", run_id)
         self.shared = open_run(self.plan, self.run_dir, self.counters)
         control = self.shared.control
+        if self.cfg.run.autotune:
+            self.tuner = tune.for_run(self.plan, control, self._sampling, self.retune)
+            self.tuner.say = out.say
+            if self.tuner.cached:  # start at the recorded point; the tuner only probes it
+                self.tuner.apply(self.tuner.best)
         self._spawn(Member(Kind.LEARNER, control.claim(Kind.LEARNER, pid=0), 0))
-        for i in range(self.plan.actors):
+        for i in range(control.target("actors")):
             self._spawn(Member(Kind.ACTOR, control.claim(Kind.ACTOR, pid=0, index=i), i))
-        if self.cfg.monitor.enabled:
+        if self.cfg.monitor.enabled and self.tuner is None:  # while tuning, the tuner moves the knobs
             self._spawn(Member(Kind.MONITOR, control.claim(Kind.MONITOR, pid=0), 0))
+
+    def _sampling(self) -> bool:
+        """The learner samples: from here on the rate limiter holds the replay ratio."""
+        return self.shared.control.counters()["updates"] > 0
+
+    def _tuned(self, out: StatusOutput) -> None:
+        t = self.tuner
+        write_json_atomic(self.run_dir / "autotune.json", t.result())
+        p = t.best
+        how = f"searched {len(t.trials)} points in {t.seconds:.0f}s" if t.searched else "cached point, probed"
+        out.say(f"autotune: {p.envs_per_actor} envs per actor, {p.actors} actor(s), batch {p.batch}: "
+                f"{t.best_rate:,.0f} env steps/s ({how})")  # fmt: skip
+        if self.stop_when_tuned:
+            self.reason = "tuned"
+        elif self.cfg.monitor.enabled:  # the monitor starts from the tuned point
+            self._spawn(Member(Kind.MONITOR, self.shared.control.claim(Kind.MONITOR, pid=0), 0))
 
     def _spawn(self, m: Member) -> None:
         base = dict(run_dir=str(self.run_dir), cfg_json=self.cfg.model_dump(mode="json"), slot=m.slot,
@@ -133,7 +159,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         out = StatusOutput(self.run_dir, self.run_id, (self.cfg.run.total_env_steps, self.cfg.run.wall_time_s))
         try:
-            self.start()
+            self.start(out)
             if self.cfg.logging.tensorboard and not out.enable_tensorboard(self.run_dir):
                 out.say("logging.tensorboard: tensorboard is not installed; metrics.jsonl only")
             for note in self.plan.warnings:
@@ -145,7 +171,8 @@ class Supervisor:
             out.close()
         if final:
             write_json_atomic(self.run_dir / "summary.json", final)
-        self._report()
+        if not self.stop_when_tuned:  # a tuning run trains nothing worth a report
+            self._report()
         return 1 if self.error else 0
 
     def _report(self) -> None:
@@ -181,6 +208,8 @@ class Supervisor:
             self._check_attached()
             self._reconcile()
             now = time.monotonic()
+            if self.tuner is not None and not self.tuner.done and self.tuner.step(now):
+                self._tuned(out)
             if now >= next_status:
                 m = metrics.snapshot()
                 m["eval_return"] = self.evaluator.last
@@ -287,7 +316,7 @@ class Supervisor:
         if self.metrics is not None:
             out.show(self.metrics.snapshot(), "stopped")  # the last line of metrics.jsonl is the final state
         final = None
-        if self.signals < 2 and not self.error:
+        if self.signals < 2 and not self.error and not self.stop_when_tuned:
             final = self.evaluator.final() if self.evaluator is not None else None
             if final:
                 best = ""
