@@ -8,6 +8,10 @@
 2. One adaptive run started badly (1 actor, batch 32, a 10k-row replay; all three knobs `auto`) with
    the monitor on and its cooldown shortened from 30 s to `--cooldown` (window 2 s, decisions every
    0.5 s), so a benchmark of minutes shows what a long run does over hours.
+3. The auto-tuner, started as badly: a cold `python -m mp_rl.tune` (a fresh cache folder; bar <= 60 s),
+   then a static run at the point it chose ("tuned"; bar >= 90 % of the best static point), then a
+   run with `run.autotune=true` and the monitor on, which finds the point in the cache ("tuned,
+   cached"); what that warm start adds is timed alone (bar < 1 s).
 Reported: seconds until the adaptive run holds >= 90 % of the best static throughput (3 s rolling
 mean; bar <= 60 s), direction reversals per knob after that (bar <= 1 per 5 minutes), and a PNG of
 throughput, actors, batch size, capacity and CPU/RAM over time with every move marked.
@@ -20,6 +24,11 @@ import contextlib
 import io
 import itertools
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +38,7 @@ from mp_rl.config import load_config
 from mp_rl.start import resources
 from mp_rl.start.preflight import new_run_dir, plan
 from mp_rl.system.supervisor import Supervisor
+from mp_rl.tune import table as tune_table
 
 COMMON = ["run.total_env_steps=1000000000", "run.target_return=null", "logging.status_every_s=0.5",
           "eval.every_s=100000", "eval.episodes=1", "learner.device=cpu", "learner.max_batch_size=2048"]  # fmt: skip
@@ -104,18 +114,62 @@ def sweep(args, base: list[str], cpus: int) -> list[dict]:
     rows = []
     for actors, batch in itertools.product(range(1, cpus + 1), args.batches):
         knobs = [f"actors.count={actors}", f"learner.batch_size={batch}", f"run.wall_time_s={args.static_seconds}"]
-        run_dir = run_system(args.config, [*base, "monitor.enabled=false", *knobs])
-        steady = [m for m in metrics(run_dir) if m["time"] >= args.warmup and m["env_steps_per_s"] > 0]
-        rate = float(np.mean([m["env_steps_per_s"] for m in steady])) if steady else 0.0
+        rate = steady_rate(run_system(args.config, [*base, "monitor.enabled=false", *knobs]), args.warmup)
         rows.append({"what": f"static: {actors} actor(s), batch {batch}", "env_steps_per_s": rate})
     return rows
 
 
+BAD_START = ["actors.count=auto", "actors.initial=1", "learner.batch_size=auto", "learner.initial_batch_size=32",
+             "replay.capacity=auto", "replay.initial_capacity=10000", "monitor.capacity_min=10000"]  # fmt: skip
+
+
+def steady_rate(run_dir: Path, warmup: float) -> float:
+    steady = [m for m in metrics(run_dir) if m["time"] >= warmup and m["env_steps_per_s"] > 0]
+    return float(np.mean([m["env_steps_per_s"] for m in steady])) if steady else 0.0
+
+
+def autotuned(args, base: list[str], out: Path) -> dict:
+    """A cold tune in a fresh cache, the tuned point run static, then a cached start with the monitor on."""
+    from mp_rl.start import tune
+    from mp_rl.start.preflight import plan as make_plan
+
+    os.environ["XDG_CACHE_HOME"] = str(out / "cache")  # fresh: the first tune below is cold
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    auto = [*COMMON, *base, *BAD_START]
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "mp_rl.tune", "--config", args.config, "--json", *auto],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    cold_s = time.perf_counter() - t0
+    tuned = json.loads(done.stdout)
+    p = tuned["point"]
+    fixed = [
+        f"actors.count={p['actors']}",
+        f"learner.batch_size={p['batch']}",
+        f"env.envs_per_actor={p['envs_per_actor']}",
+    ]
+    static = run_system(args.config, [*base, "monitor.enabled=false", *fixed, f"run.wall_time_s={args.static_seconds}"])
+    warm = [*base, *BAD_START, "monitor.enabled=true", "run.autotune=true", f"run.wall_time_s={args.static_seconds}",
+            f"monitor.cooldown_s={args.cooldown}"]  # fmt: skip
+    cached = run_system(args.config, warm)
+    run_plan = make_plan(load_config(args.config, [*COMMON, *warm]))
+    t0 = time.perf_counter()
+    warm_tuner = tune.for_run(run_plan, None, lambda: True)  # what a cached start adds before it spawns
+    warm_s = time.perf_counter() - t0
+    record = json.loads((cached / "autotune.json").read_text())
+    what = f"{p['envs_per_actor']} envs x {p['actors']} actor(s), batch {p['batch']}"
+    return {
+        "cold_s": cold_s, "warm_s": warm_s, "warm_hit": warm_tuner.cached is not None, "tune": tuned,
+        "cached_searched": record["searched"],
+        "rows": [{"what": f"tuned: {what} (cold tune {cold_s:.0f} s)",
+                  "env_steps_per_s": steady_rate(static, args.warmup)},
+                 {"what": "tuned, cached, monitor on" + (" (searched again)" if record["searched"] else ""),
+                  "env_steps_per_s": steady_rate(cached, args.warmup)}],
+    }  # fmt: skip
+
+
 def adapt(args, base: list[str], best: float) -> dict:
     """The badly started adaptive run and what it did: time to 90 % of `best`, moves, reversals."""
-    adaptive = [*base, "monitor.enabled=true", "actors.count=auto", "actors.initial=1", "learner.batch_size=auto",
-                "learner.initial_batch_size=32", "replay.capacity=auto", "replay.initial_capacity=10000",
-                "monitor.capacity_min=10000", f"monitor.cooldown_s={args.cooldown}", "monitor.window_s=2",
+    adaptive = [*base, *BAD_START, "monitor.enabled=true", f"monitor.cooldown_s={args.cooldown}", "monitor.window_s=2",
                 "monitor.decide_every_s=0.5", f"run.wall_time_s={args.adaptive_seconds}"]  # fmt: skip
     run_dir = run_system(args.config, adaptive)
     lines = [m for m in metrics(run_dir) if m.get("env_steps_per_s") is not None][:-1]  # the last is the stop
@@ -155,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(rows, key=lambda r: r["env_steps_per_s"])
     a = adapt(args, base, best["env_steps_per_s"])
     rows.append(a["row"])
+    tuned = autotuned(args, base, out)
+    rows += tuned["rows"]
     for r in rows:
         r["of_best"] = r["env_steps_per_s"] / best["env_steps_per_s"]
     print(f"adaptation: {args.config}, {cpus} usable CPUs; monitor cooldown {args.cooldown:g} s (default 30 s)\n")
@@ -170,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
               f"(bar <= 1: {'met' if per5 <= 1 else 'NOT met'})")  # fmt: skip
     for m in a["moves"]:
         print(f"  t={m['t']:6.1f}s  {m['knob']:<10} {m['old']:>8,} -> {m['new']:<8,} {m['rule']}")
+    of, cold, warm = rows[-2]["of_best"], tuned["cold_s"], tuned["warm_s"]
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    print(f"\nautotune: cold tune {cold:.1f} s (bar <= 60 s: {met(cold <= 60)}); tuned point at {of:.0%} of the best "
+          f"static (bar >= 90%: {met(of >= 0.9)}); a cached start adds {warm * 1000:.0f} ms (bar < 1 s: "
+          f"{met(warm < 1)}{'' if tuned['warm_hit'] else ', but the cache MISSED'})")  # fmt: skip
+    print(tune_table(tuned["tune"]))
     png = out / "adaptation.png"
     drawn = plot(png, a["lines"], a["moves"], best["env_steps_per_s"])
-    payload = {"rows": rows, "best_static": best, **{k: v for k, v in a.items() if k not in ("lines", "row")}}
+    payload = {"rows": rows, "best_static": best, **{k: v for k, v in a.items() if k not in ("lines", "row")},
+               "autotune": {k: v for k, v in tuned.items() if k != "rows"}}  # fmt: skip
     print(f"results: {write_results('adaptation', str(out), payload)}" + (f"; plot: {png}" if drawn else ""))
     return 0
 

@@ -164,8 +164,14 @@ class LearnerConfig(_Section):
     network: Literal["auto", "nature_cnn", "small_cnn", "mlp"] = Field(
         "auto", description="auto: Nature CNN for >= 36x36 images, small CNN for smaller ones, MLP for the rest."
     )
-    hidden: tuple[Width, ...] = Field(
-        (128, 128), min_length=1, max_length=8, description="MLP hidden sizes (vector observations)."
+    hidden: Annotated[tuple[Width, ...], Field(min_length=1, max_length=8)] | Auto = Field(
+        (128, 128),
+        description="MLP hidden sizes (vector observations), or 'auto': the largest the learner can update at the "
+        "rate the replay ratio needs, from 1 x 16 up to 5 x 2048 (the plan says why).",
+    )
+    cnn_scale: Annotated[float, Field(ge=0.125, le=8)] | Auto = Field(
+        1.0,
+        description="Width multiplier of the CNNs' layers, or 'auto': chosen like hidden 'auto' (0.25 .. 4).",
     )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
     amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(

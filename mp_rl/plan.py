@@ -52,6 +52,7 @@ def report(p: Plan) -> dict:
         "problems": p.problems,
         "would_fit": would_fit(b, start) if p.problems else [],
         "warnings": p.warnings,
+        "sizing": None if p.sizing is None else dataclasses.asdict(p.sizing),
     }
 
 
@@ -97,7 +98,9 @@ def text(p: Plan, r: dict) -> str:
                    f"of {room}")  # fmt: skip
     if tm["cpu"] > lim.cpus:
         out.append(f"         CPU: {tm['cpu']:.1f} cores asked of {lim.cpus}: processes will share cores")
-    out += [f"note     {w}" for w in p.warnings]
+    if p.sizing is not None:
+        out += [f"network  {reason}" for reason in p.sizing.reasons]
+    out += [f"note     {w}" for w in p.warnings if p.sizing is None or w not in p.sizing.reasons]
     return "\n".join(out)
 
 

@@ -146,7 +146,9 @@ def test_the_network_cost_counts_every_layer_output():
 
     net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     cost = footprint.network(net, (4,))
-    assert cost == footprint.NetCost(numel=4 * 16 + 16 + 16 * 2 + 2, activations=16 + 16 + 2, inputs=4)
+    assert cost == footprint.NetCost(
+        numel=4 * 16 + 16 + 16 * 2 + 2, activations=16 + 16 + 2, inputs=4, macs=4 * 16 + 16 * 2
+    )
 
 
 def test_the_footprint_of_each_role_is_measured_once_and_cached(tmp_path, monkeypatch):

@@ -94,22 +94,32 @@ def image_layout(shape: tuple[int, ...]) -> tuple[int, int, int, bool] | None:
     return a, b, c, False
 
 
-def nature_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0) -> nn.Sequential:
-    """Mnih et al. 2015 (about 1.7M parameters for 4 frames of 84x84)."""
+def scaled(n: int, scale: float) -> int:
+    """A layer's width times `learner.cnn_scale`, at least 1."""
+    return max(1, round(n * scale))
+
+
+def nature_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0,
+               scale: float = 1.0) -> nn.Sequential:  # fmt: skip
+    """Mnih et al. 2015 (about 1.7M parameters for 4 frames of 84x84); `scale` multiplies every width."""
     size = lambda x: ((x - 8) // 4 + 1 - 4) // 2 + 1 - 2  # noqa: E731 (the three convolutions, one side)
+    c1, c2, c3, fc = (scaled(n, scale) for n in (32, 64, 64, 512))
     return nn.Sequential(
-        nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * size(h) * size(w), 512), nn.ReLU(), head(512, n_actions, dueling, quantiles),
+        nn.Conv2d(c, c1, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(c1, c2, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(c2, c3, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c3 * size(h) * size(w), fc), nn.ReLU(), head(fc, n_actions, dueling, quantiles),
     )  # fmt: skip
 
 
-def small_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0) -> nn.Sequential:
-    """MinAtar's reference network (Young & Tian 2019): one 3x3 convolution of 16 channels, 128 units."""
+def small_cnn(c: int, h: int, w: int, n_actions: int, dueling: bool, quantiles: int = 0,
+              scale: float = 1.0) -> nn.Sequential:  # fmt: skip
+    """MinAtar's reference network (Young & Tian 2019): one 3x3 convolution of 16 channels, 128 units;
+    `scale` multiplies both."""
+    c1, fc = scaled(16, scale), scaled(128, scale)
     return nn.Sequential(
-        nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * (h - 2) * (w - 2), 128), nn.ReLU(), head(128, n_actions, dueling, quantiles),
+        nn.Conv2d(c, c1, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c1 * (h - 2) * (w - 2), fc), nn.ReLU(), head(fc, n_actions, dueling, quantiles),
     )  # fmt: skip
 
 
@@ -142,7 +152,7 @@ def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
 
 def build_q_network(
     obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool,
-    network: str = "auto", scale: float = 1.0, quantiles: int = 0,
+    network: str = "auto", scale: float = 1.0, quantiles: int = 0, cnn_scale: float = 1.0,
 ) -> nn.Module:  # fmt: skip
     """The Q-network for an observation: raw stored observations in, Q-values (B, A) out, or with
     `quantiles` > 0 that many quantiles of each action's return (B, A, quantiles)."""
@@ -151,13 +161,16 @@ def build_q_network(
         return nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling, quantiles))
     c, h, w, last = image_layout(tuple(obs_shape))
     build = nature_cnn if kind == "nature_cnn" else small_cnn
-    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling, quantiles))
+    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling, quantiles, cnn_scale))
 
 
 def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
     """The network a run's learner, actors and evaluator all build for its env."""
+    if lc.hidden == "auto" or lc.cnn_scale == "auto":
+        raise NetworkError("learner.hidden or cnn_scale 'auto': the plan resolves it before any network is built")
     quantiles = lc.n_quantiles if lc.algo == "qr_dqn" else 0
-    return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale, quantiles)
+    return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale, quantiles,
+                           lc.cnn_scale)  # fmt: skip
 
 
 def check_network(net: nn.Module, obs_shape: tuple[int, ...]) -> None:

@@ -163,17 +163,24 @@ class NetCost:
     numel: int  # parameters
     activations: int  # values one sample keeps for the backward pass (every layer's output)
     inputs: int  # values of one observation as the network reads it (float)
+    macs: int = 0  # multiply-accumulates of one sample's forward pass (linear and convolution layers)
 
 
 def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
     """Parameters and per-sample activations of a network, from a shape-only (meta) forward pass."""
     sizes: list[int] = []
+    macs = [0]
     if any(p.device.type != "meta" for p in net.parameters()):
         net = copy.deepcopy(net).to("meta")  # shapes only, and the caller's network stays as it was
 
-    def hook(_m, _inp, out) -> None:
+    def hook(m, _inp, out) -> None:
         if isinstance(out, torch.Tensor):
             sizes.append(out[0].numel() if out.dim() else 1)
+            if isinstance(m, nn.Linear):
+                macs[0] += out[0].numel() * m.in_features
+            elif isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+                macs[0] += out[0].numel() * k
 
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -184,4 +191,4 @@ def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
         for h in handles:
             h.remove()
     numel = sum(p.numel() for p in net.parameters())
-    return NetCost(numel, sum(sizes), math.prod(obs_shape))
+    return NetCost(numel, sum(sizes), math.prod(obs_shape), macs[0])

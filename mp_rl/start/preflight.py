@@ -20,8 +20,9 @@ from mp_rl.agent.models import NetworkError, check_network, q_network
 from mp_rl.config import Config
 from mp_rl.shm.ring import RingSpec
 from mp_rl.shm.sync import RateLimit, RateLimitError
-from mp_rl.start import footprint, resources
+from mp_rl.start import footprint, resources, sizing
 from mp_rl.start.budget import Budget, Limits, Point, gib, learner_device
+from mp_rl.start.sizing import Sizing
 
 
 class StartError(ValueError):
@@ -71,6 +72,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     budget: Budget | None = None  # what each component costs (`python -m mp_rl.plan` prints it)
     problems: list[str] = field(default_factory=list)  # why the start does not fit (only with check off)
+    sizing: Sizing | None = None  # how learner.hidden / cnn_scale 'auto' was resolved
 
     @property
     def schedule(self) -> int:
@@ -143,6 +145,42 @@ def plan(cfg: Config, check: bool = True) -> Plan:
         spec = probe(cfg.env)
     except EnvError as exc:
         raise StartError(str(exc)) from None
+    warnings: list[str] = []
+    ring, max_members = ring_spec(cfg, spec), cfg.actors.max_count + 8
+    limits, bases, env = Limits.current(learner_device(cfg)), footprint.bases(), footprint.env_cost(cfg.env)
+    actors, batch, capacity = _actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, ring.bytes_per_row)
+    size = None
+    if cfg.learner.hidden == "auto" or cfg.learner.cnn_scale == "auto":
+
+        def fits(net: footprint.NetCost) -> bool:
+            b = Budget(cfg, spec, ring, net, bases, env, limits, max_members)
+            return not b.problems(Point(actors.start, cfg.env.envs_per_actor, batch.start, capacity.lo))
+
+        threads = 1 if limits.vram is not None else max(1, limits.cpus - actors.start)  # what the learner gets
+        size = sizing.choose_size(cfg, spec, actors.start, batch.start, learner_device(cfg), threads, fits)
+        cfg = sizing.resolve(cfg, size)
+        warnings.append(size.reasons[-1])
+    net = _network(cfg, spec)
+    budget = Budget(cfg, spec, ring, net, bases, env, limits, max_members)
+    knobs = _fitted(budget, Knobs(actors, batch, capacity))
+    problems = budget.problems(point(cfg, knobs))
+    if problems and check:
+        fix = would_fit(budget, point(cfg, knobs))
+        raise StartError(f"the plan does not fit: {'; '.join(problems)}"
+                         f"{'; it would fit with ' + ' or '.join(fix) if fix else ''} "
+                         f"(python -m mp_rl.plan shows each component)")  # fmt: skip
+    if knobs.capacity.auto:
+        warnings.append(f"replay.capacity auto: starting at {knobs.capacity.start:,} rows "
+                        f"({gib(budget.replay(knobs.capacity.start).shm)}), at most {knobs.capacity.hi:,}")  # fmt: skip
+    if ring.capacity_max * ring.bytes_per_row > limits.available:
+        warnings.append(f"replay.capacity_max would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
+                        f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
+    limit = rate_limit(cfg, knobs.batch_size)
+    return Plan(cfg, spec, ring, limit, knobs, max_members, net.numel, warnings, budget, problems, size)
+
+
+def _network(cfg: Config, spec: EnvSpec) -> footprint.NetCost:
+    """The network's cost, or the one line that says why it cannot be built or held."""
     try:  # a network that cannot take the observation, or a size torch refuses, is one line here
         net = network_cost(cfg, spec)
     except NetworkError as exc:
@@ -154,26 +192,7 @@ def plan(cfg: Config, check: bool = True) -> Plan:
     if 7 * 4 * net.numel > 0.9 * avail:
         raise StartError(f"learner.hidden: a network of {net.numel:,} parameters needs {gib(28 * net.numel)} for "
                          f"the learner and weight board, more than {gib(avail)} available")  # fmt: skip
-    warnings: list[str] = []
-    ring = ring_spec(cfg, spec)
-    max_members = cfg.actors.max_count + 8
-    limits = Limits.current(learner_device(cfg))
-    budget = Budget(cfg, spec, ring, net, footprint.bases(), footprint.env_cost(cfg.env), limits, max_members)
-    knobs = _fitted(budget, Knobs(_actors(cfg, warnings), _batch(cfg), _capacity(cfg, ring, ring.bytes_per_row)))
-    problems = budget.problems(point(cfg, knobs))
-    if problems and check:
-        fix = would_fit(budget, point(cfg, knobs))
-        raise StartError(f"the plan does not fit: {'; '.join(problems)}"
-                         f"{'; it would fit with ' + ' or '.join(fix) if fix else ''} "
-                         f"(python -m mp_rl.plan shows each component)")  # fmt: skip
-    if knobs.capacity.auto:
-        warnings.append(f"replay.capacity auto: starting at {knobs.capacity.start:,} rows "
-                        f"({gib(budget.replay(knobs.capacity.start).shm)}), at most {knobs.capacity.hi:,}")  # fmt: skip
-    if ring.capacity_max * ring.bytes_per_row > avail:
-        warnings.append(f"replay.capacity_max would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
-                        f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
-    limit = rate_limit(cfg, knobs.batch_size)
-    return Plan(cfg, spec, ring, limit, knobs, max_members, net.numel, warnings, budget, problems)
+    return net
 
 
 def point(cfg: Config, knobs: Knobs, top: bool = False) -> Point:
