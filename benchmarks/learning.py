@@ -36,21 +36,24 @@ import time
 from pathlib import Path
 
 from benchmarks.common import table, write_results
+from mp_rl.config import load_config
 
 ENVS = {
     "cartpole": dict(id="CartPole-v1", config="configs/cartpole.yaml", threshold=475.0, budget=90.0,
-                     max_steps=500, extra=["eval.every_s=2"], systems=("mp_rl", "sb3", "tianshou")),
+                     max_steps=500, extra=["eval.every_s=2"], auto=["learner.hidden=auto"],
+                     systems=("mp_rl", "mp_rl (auto network)", "sb3", "tianshou")),
     "breakout": dict(id="MinAtar/Breakout-v1", config="configs/minatar_breakout.yaml", threshold=None,
-                     budget=180.0, max_steps=27_000, extra=[],
-                     systems=("mp_rl", "sb3", "tianshou", "sb3 (mp_rl's settings)", "tianshou (mp_rl's settings)")),
+                     budget=180.0, max_steps=27_000, extra=[], auto=["learner.cnn_scale=auto"],
+                     systems=("mp_rl", "mp_rl (auto network)", "sb3", "tianshou", "sb3 (mp_rl's settings)",
+                              "tianshou (mp_rl's settings)")),
 }  # fmt: skip
 EPISODES, EVAL_SEED, SNAP_S = 20, 10_000, 2.0
 
 
-def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
+def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[str] = ()) -> dict:
     cmd = [sys.executable, "-m", "mp_rl.run", "--config", env["config"], f"run.seed={seed}",
            f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "logging.status_every_s=1",
-           *env["extra"]]  # fmt: skip
+           *env["extra"], *more]  # fmt: skip
     launched, lines = time.time(), []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     # Its output, read as it comes (a full pipe would stall the run), each line with its time since launch.
@@ -65,6 +68,7 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"mp_rl failed ({proc.returncode}):\n{''.join(x for _, x in lines)[-2000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+    learner = load_config(run_dir / "config.yaml").learner  # the network it trained (auto: as resolved)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     # The evaluation that reached the target stops the run: "stopping: evaluation return ... reached run.target_return"
     reached = next((t for t, x in lines if "reached run.target_return" in x), None)
@@ -72,7 +76,13 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path) -> dict:
     which = "best" if reached is not None else "final"  # best.pt: the weights that reached the target
     res = worker(["--eval-mp-rl", str(run_dir), "--checkpoint", which, "--env", env["id"], "--seed", str(seed),
                   "--max-steps", str(env["max_steps"])], 600)  # fmt: skip
-    return {**res, "reached_s": reached, "env_steps": stopped["env_steps"], "updates": stopped["updates"]}
+    return {
+        **res,
+        "reached_s": reached,
+        "env_steps": stopped["env_steps"],
+        "updates": stopped["updates"],
+        "network": {"hidden": list(learner.hidden), "cnn_scale": learner.cnn_scale},
+    }
 
 
 def worker(args: list[str], timeout: float) -> dict:
@@ -178,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {s: [] for s in systems}
         for seed in range(a.seeds):
             for system in systems:  # alternated per seed, so a drift of the machine touches every system
-                r = (run_mp_rl(env, seed, budget, out / "runs") if system == "mp_rl"
+                more = env["auto"] if "auto network" in system else []
+                r = (run_mp_rl(env, seed, budget, out / "runs", more) if system.startswith("mp_rl")
                      else run_peer(system, env, seed, budget))  # fmt: skip
                 runs[system].append(r)
                 at = "" if r.get("reached_s") is None else f", {env['threshold']:g} at {r['reached_s']:.0f} s"
