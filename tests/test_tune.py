@@ -196,5 +196,16 @@ def test_tune_cli_searches_then_a_second_start_only_probes(tmp_path):
     assert json.loads(entry.read_text())["point"] == cold["point"]  # plain JSON a user can read
     warm = tune_cli()
     assert not warm["searched"] and warm["trials"] == [] and warm["point"] == cold["point"]
-    assert tune_cli("--retune")["searched"]
-    assert not list(tmp_path.glob("mp_rl-tune-*"))
+
+
+def test_retune_and_a_stale_entry_search_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    p = plan(load_config("configs/smoke.yaml"))
+    first = tune.for_run(p, None, lambda: True)
+    assert first.cached is None
+    entry = {"point": dataclasses.asdict(first.best), "rate": 5000.0}
+    cache.save("autotune", first.key, entry)
+    assert tune.for_run(p, None, lambda: True).cached == entry
+    assert tune.for_run(p, None, lambda: True, retune=True).cached is None
+    cache.save("autotune", first.key, {"point": {"actors": "x"}, "rate": 1})  # edited by hand
+    assert tune.for_run(p, None, lambda: True).cached is None
