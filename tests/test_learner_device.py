@@ -101,3 +101,26 @@ def test_the_monitor_reads_the_gpu_through_nvidia_ml_py():
 
     g = Gpu().sample()
     assert g["vram_total"] > 0 and 0 <= g["gpu_util"] <= 1 and g["vram_used"] > 0
+
+
+@requires_cuda
+def test_the_learners_vram_is_within_a_fifth_of_the_budget(tmp_path, shm_name):
+    """The budget's VRAM line (parameters x5, activations at the batch, two device batches) against
+    what torch's allocator held at its peak over 30 updates, with a network large enough to matter."""
+    from mp_rl.config import load_config
+    from mp_rl.start.preflight import plan
+
+    extra = ["learner.hidden=[2048,2048]", "learner.max_batch_size=256", "learner.batch_size=256", "learner.amp=false"]
+    torch.cuda.reset_peak_memory_stats()
+    learner, shared = _learner(tmp_path, shm_name, "cuda", extra)
+    try:
+        for _ in range(30):
+            assert learner.step(timeout=5.0)
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated()
+        over = ["learner.device=cuda", "replay.min_fill=64", "replay.samples_per_insert=null", *extra]
+        estimate = plan(load_config("configs/smoke.yaml", over)).budget.learner(256).vram
+        assert 0.8 <= estimate / measured <= 1.2, (estimate, measured)
+    finally:
+        learner.close()
+        shared.close()
