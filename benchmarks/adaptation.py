@@ -65,7 +65,7 @@ def reversals(moves: list[dict]) -> int:
     count = 0
     for _, group in itertools.groupby(sorted(moves, key=lambda m: (m["knob"], m["time"])), key=lambda m: m["knob"]):
         dirs = [np.sign(m["new"] - m["old"]) for m in group]
-        count += sum(a != b for a, b in itertools.pairwise(dirs))
+        count += int(sum(a != b for a, b in itertools.pairwise(dirs)))
     return count
 
 

@@ -3,8 +3,8 @@
 The search runs inside a live run (the supervisor steps it every tick): each trial sets the control
 block's targets (envs per actor, actors, batch size), waits for the system to settle, and measures
 env steps/s over a few short windows, at the replay ratio the rate limiter holds. It climbs one knob
-at a time: envs per actor, then actors, then batch size, keeping the best point so far. Points the
-budget says would not fit are skipped.
+at a time (envs per actor, then actors, then batch size) from the best point so far, up its ladder
+while that helps and otherwise down it. Points the budget says would not fit are skipped.
 
 The result is cached (`cache`) under a hash of everything that could change it: the machine's
 fingerprint, library and mp_rl versions, the env's spec, the network, what is measured and the search
@@ -28,6 +28,7 @@ log = logging.getLogger("mp_rl.tune")
 
 TUNE_VERSION = 1
 SLOWER = 0.7  # a probe below this share of the recorded rate searches again
+BETTER = 1.02  # a step must beat the best by this much to move it: noise does not buy actors or memory
 
 
 @dataclass(frozen=True)
@@ -128,29 +129,49 @@ class Tuner:
             yield from self._search()
 
     def _search(self):
-        """Coordinate ascent: each knob over its values with the others at the best so far."""
+        """Coordinate ascent: each knob in turn, from the best point so far, up its ladder while that
+        helps, then (if going up did not) down it."""
         self.searched = True
         for knob, values in (("envs_per_actor", self.space.envs), ("actors", self.space.actors),
                              ("batch", self.space.batch)):  # fmt: skip
             if len(values) < 2:
                 continue
-            worse = 0
-            for v in values:
-                p = dataclasses.replace(self.best, **{knob: v})
-                if any(t.point == p for t in self.trials):
-                    continue
-                trial = Trial(p)
-                if problems := self.budget.problems(p):
-                    trial.skipped = f"does not fit: {problems[0]}"
-                    self.trials.append(trial)
-                    continue
-                yield trial
-                if trial.rate >= self.best_rate:
-                    self.best, self.best_rate, worse = p, trial.rate, 0
-                else:
-                    worse += 1
-                    if worse >= 2:  # falling twice in a row past the best: the rest of the ladder is worse
-                        break
+            here = getattr(self.best, knob)
+            values = tuple(sorted({*values, here}))
+            trial = yield from self._trial(self.best)  # what each step of this knob is compared with
+            if trial is not None:
+                self.best_rate = max(self.best_rate, trial.rate)
+            i = values.index(here)
+            if not (yield from self._climb(knob, values[i + 1 :])):
+                yield from self._climb(knob, values[:i][::-1])
+
+    def _climb(self, knob: str, values: tuple[int, ...]):
+        """Step along `values` while a step beats the best by BETTER; two steps that do not end it."""
+        improved, misses = False, 0
+        for v in values:
+            trial = yield from self._trial(dataclasses.replace(self.best, **{knob: v}))
+            if trial is None:
+                continue
+            if trial.rate > BETTER * self.best_rate:
+                self.best, self.best_rate, improved, misses = trial.point, trial.rate, True, 0
+            else:
+                misses += 1
+                if misses >= 2:
+                    break
+        return improved
+
+    def _trial(self, p: Point):
+        """Measure `p` (yielded to the loop), or the trial already made of it; None when it does not fit."""
+        known = next((t for t in self.trials if t.point == p), None)
+        if known is not None:
+            return None if known.skipped else known
+        trial = Trial(p)
+        if problems := self.budget.problems(p):
+            trial.skipped = f"does not fit: {problems[0]}"
+            self.trials.append(trial)
+            return None
+        yield trial
+        return trial
 
     # --- the loop ---------------------------------------------------------------------------------
     def apply(self, p: Point) -> None:
