@@ -264,7 +264,13 @@ def _where(err: dict) -> tuple:
     except for the last part of an unknown key, which is what the user typed (it may be `int`)."""
     loc = err["loc"]
     keep_last = err["type"] == "extra_forbidden"
-    return tuple(p for i, p in enumerate(loc) if p not in _BRANCHES or (keep_last and i == len(loc) - 1))
+    return tuple(p for i, p in enumerate(loc)
+                 if not _branch(p) or (keep_last and i == len(loc) - 1))  # fmt: skip
+
+
+def _branch(part: object) -> bool:
+    """A union-branch tag in pydantic's location (`int`, `tuple[constrained-int, ...]`), not a key."""
+    return part in _BRANCHES or (isinstance(part, str) and part.startswith(("tuple[", "function-after[")))
 
 
 def _one_line(exc: ValidationError) -> str:
