@@ -1,5 +1,5 @@
 """Attach actors by hand to a live run: `python -m mp_rl.attach runs/<id> [--actors N] [--cpus 8-15]
-[--envs-per-actor K]`.
+[--envs-per-actor K] [--ray ADDRESS]`.
 
 The run folder is all it needs (manifest -> segment names). Each attached actor claims a member slot
 atomically, explores with the Ape-X epsilon of its slot, picks up the current weights and writes to
@@ -7,6 +7,9 @@ the ring; it is titled `mp_rl[<run>] actor-<slot> (attached)`. Ctrl-C detaches: 
 its partial block (or the supervisor voids it), releases its slot and exits 0. When the run ends the
 actors exit on their own. Bad input (no such run, an ended one, another user's, no free slot, CPUs
 that are not there) is one line and exit code 2.
+
+`--ray ADDRESS` runs the actors on a Ray cluster instead (`mp_rl.remote.ray_attach`): they may be on
+other machines and write through an ingest on this one.
 """
 
 from __future__ import annotations
@@ -95,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", type=int, default=1, help="actors to attach (default 1)")
     p.add_argument("--cpus", help="CPUs to pin them to, e.g. 8-15 (one each while there are enough)")
     p.add_argument("--envs-per-actor", type=int, help="environments per attached actor (default: the run's)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run them on a Ray cluster: auto, host:port, or local (a private "
+                   "instance on this machine); needs pip install -e '.[ray]'")  # fmt: skip
     args = p.parse_args(argv)
     try:
         if args.actors < 1:
             raise ValueError(f"--actors {args.actors}: must be at least 1")
+        if args.ray is not None and args.cpus:
+            raise ValueError("--cpus pins local processes; Ray places --ray actors itself")
+        if args.ray is not None:
+            from mp_rl.remote.ray_attach import import_ray
+
+            import_ray()  # not installed: one line now, before anything is started
         cpus = parse_cpus(args.cpus) if args.cpus else None
         usable = os.sched_getaffinity(0)
         if cpus and not set(cpus) <= usable:
@@ -106,11 +117,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--cpus {args.cpus}: CPU(s) {missing} are not available here (usable: {sorted(usable)})")
         overrides = [] if args.envs_per_actor is None else [f"env.envs_per_actor={args.envs_per_actor}"]
         with SharedRun.attach(args.run_dir) as shared:
-            load_config(shared.config_path, overrides)
-            free, run_id = shared.control.free_slots(), shared.run_id
+            cfg = load_config(shared.config_path, overrides)
+            free, run_id, ring = shared.control.free_slots(), shared.run_id, shared.ring.spec
+            info = shared.info
         if free < args.actors:
             raise ValueError(f"run {run_id}: {'all' if free == 0 else f'only {free} of the'} "
                              f"{shared.control.max_members} member slots are free, {args.actors} asked")  # fmt: skip
+        if args.ray is not None:
+            from mp_rl.remote.ray_attach import run_on_ray
+            from mp_rl.system.shells import spec_from_info
+
+            return run_on_ray(args.run_dir, run_id, args.actors, cfg, spec_from_info(info), ring, args.ray)
     except (ValueError, AttachError, ConfigError) as exc:
         return fail("mp_rl.attach", exc)
     return run_attached(args.run_dir, run_id, args.actors, cpus, overrides)

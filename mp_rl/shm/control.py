@@ -38,6 +38,7 @@ class Kind(enum.IntEnum):
 
 
 ATTACHED = 1  # member flag: started by hand (mp_rl.attach); the monitor never retires it
+REMOTE = 2  # member flag: a Ray actor, possibly on another machine; its pid is the ingest's that writes for it
 
 # Column meaning of a member row (eight int64 words = one cache line). Private to this file:
 # everyone else uses the accessors below.
@@ -306,6 +307,7 @@ class ControlBlock:
                     "steps": int(r[M_STEPS]),
                     "weights": int(r[M_WEIGHTS]),
                     "attached": bool(r[M_FLAGS] & ATTACHED),
+                    "remote": bool(r[M_FLAGS] & REMOTE),
                     "index": int(r[M_INDEX]),
                 }
             )

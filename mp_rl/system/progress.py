@@ -46,6 +46,7 @@ class Metrics:
             "actors": len(actors),
             "batch_size": self.shared.control.target("batch_size"),
             "attached": sum(m["attached"] for m in actors),
+            "ray": sum(m["remote"] for m in actors),
             "weight_version": self.shared.board.version,
             "weight_lag": weight_lag(self.shared.board.version, members),
             "learner_wait_frac": round(delta.fraction("learner_wait_ns") or 0.0, 3),
@@ -85,11 +86,18 @@ def format_line(m: dict) -> str:
         f"steps {m['env_steps']:,} ({m['env_steps_per_s']:,.0f}/s) | updates {m['updates']:,} "
         f"({m['updates_per_s']:,.0f}/s) | samples {m['samples_per_s']:,.0f}/s | return {ret} | "
         f"replay {m['replay_size']:,}/{m['replay_capacity']:,} | actors {m['actors']}"
-        + (f" ({m['attached']} attached)" if m.get("attached") else "")
+        + attached_note(m)
         + f" | lag {m['weight_lag']}"
         + (f" | bottleneck {m['bottleneck']}" if m.get("bottleneck") else "")
         + (f" | last move {m['last_decision']}" if m.get("last_decision") else "")
     )
+
+
+def attached_note(m: dict) -> str:
+    """` (3 attached)`, ` (3 attached, 2 on ray)`, or nothing."""
+    if not m.get("attached"):
+        return ""
+    return f" ({m['attached']} attached" + (f", {m['ray']} on ray)" if m.get("ray") else ")")
 
 
 def toward_stop(m: dict, total_steps: int, wall_s: float | None) -> tuple[str, float, float]:

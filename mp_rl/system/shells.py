@@ -111,7 +111,11 @@ def member_of(run_dir: str, slot: int, log: logging.Logger) -> Iterator[SharedRu
 
 def env_spec_of(shared: SharedRun) -> EnvSpec:
     """The env spec the supervisor recorded in the manifest (members never probe the env again)."""
-    e = shared.info["env"]
+    return spec_from_info(shared.info)
+
+
+def spec_from_info(info: dict) -> EnvSpec:
+    e = info["env"]
     return EnvSpec(tuple(e["obs_shape"]), e["obs_dtype"], int(e["n_actions"]), obs_scale=float(e["obs_scale"]))
 
 

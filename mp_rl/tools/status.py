@@ -33,7 +33,7 @@ class View:
         members = control.live_members()
         version = self.shared.board.version
         for m in members:
-            cpu = self.cpu(m["pid"])
+            cpu = None if m["remote"] else self.cpu(m["pid"])  # a Ray actor's pid is the ingest's, here
             m["cpu_percent"] = None if cpu is None else round(100 * cpu, 1)
             before = self.steps.get(m["slot"])
             dt = delta.dt
@@ -77,9 +77,9 @@ def render(s: dict):
 
 
 def member_name(m: dict) -> str:
-    """`actor-0`, `actor-5 (attached)`, `learner`, `monitor`: as the process titles say."""
+    """`actor-0`, `actor-5 (attached)`, `actor-6 (ray)`, `learner`, `monitor`: as the process titles say."""
     if m["kind"] == "actor":
-        return f"actor-{m['index']}" + (" (attached)" if m["attached"] else "")
+        return f"actor-{m['index']}" + (" (ray)" if m.get("remote") else " (attached)" if m["attached"] else "")
     return m["kind"]
 
 

@@ -1,0 +1,208 @@
+"""The ingest: on the learner's machine, it writes remote actors' blocks into the run's ring.
+
+It attaches the run's segments from the run folder like any member and writes each block through a
+`RingWriter` with the remote actor's slot as token, exactly as a local actor would: rows are stamped
+after they land, a block that cannot be finished is never stamped, and the rate limiter holds a
+write back (the remote actor's window of calls fills, which is how backpressure reaches it).
+
+Each remote actor is a member: `join` claims a slot (flags ATTACHED | REMOTE, pid this process's,
+so the supervisor frees them all if this process dies), the reports that come with every call
+become its heartbeat, episodes and counters. `release` frees a slot when its actor is gone (a node
+that died): calls still inside for that slot are let out first, so no late write lands under a
+slot that someone else may claim next.
+
+A plain object: the Ray actor in `mp_rl.remote.ray_attach` wraps it; tests call it directly. It is
+called from several threads at once (one per call in flight), so shared state is under one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mp_rl.agent.actor import RETIRE_GRACE_S
+from mp_rl.shm.control import ATTACHED, REMOTE, Kind, State
+from mp_rl.shm.manifest import SharedRun, owner_alive, read_manifest
+from mp_rl.shm.ring import RingClosed
+
+log = logging.getLogger("mp_rl.ingest")
+PUT_EVERY_S = 0.05  # at most this often a new weights object: the learner may publish hundreds a second
+
+
+class Ingest:
+    def __init__(self, run_dir: str, put: Callable[[np.ndarray], object] = np.copy):
+        self.shared = SharedRun.attach(run_dir)
+        self.manifest = read_manifest(run_dir)
+        self.control, self.ring, self.board = self.shared.control, self.shared.ring, self.shared.board
+        self.put = put  # ray.put: one object per weights version, read by every remote actor
+        self.lock = threading.Lock()
+        self.slots: dict[int, int] = {}  # remote actor's key -> its slot
+        self.where: dict[int, str] = {}  # key -> the host it runs on
+        self.live: set[int] = set()  # slots whose actor has not been released
+        self.inside: dict[int, int] = {}  # slot -> calls in progress
+        self.writers: dict[int, object] = {}
+        self.flat = torch.empty(self.board.numel, dtype=torch.float32)
+        self.version, self.weights, self.put_at = 0, None, 0.0
+        self.alive_at, self.run_alive = 0.0, True
+        self.closed = threading.Event()
+
+    # --- membership ---------------------------------------------------------------------------
+    def join(self, key: int, host: str) -> dict | None:
+        """Claim a slot for remote actor `key`; None when every slot is taken or the run is stopping."""
+        with self.lock:
+            if self.closed.is_set() or self.control.stopping:
+                return None
+            try:
+                slot = self.control.claim(Kind.ACTOR, pid=os.getpid(), flags=ATTACHED | REMOTE, index=-1)
+            except RuntimeError:
+                return None
+            self.control.set_index(slot, slot)  # its place in the Ape-X schedule is its slot, as attached actors
+            self.slots[key], self.where[key], self.inside[slot] = slot, host, 0
+            self.live.add(slot)
+            self.writers[slot] = self.ring.writer(token=slot + 1)
+        log.info("actor-%d (ray) joined from %s", slot, host)
+        return {"slot": slot, "count": self.control.max_members, "reply": self._reply(slot)}
+
+    def release(self, key: int, why: str = "") -> int | None:
+        """Free the slot of actor `key` (gone, or done): let its calls out, void what it holds, leave."""
+        with self.lock:
+            slot = self.slots.pop(key, None)
+            self.live.discard(slot)
+        if slot is None:
+            return None
+        deadline = time.monotonic() + 5.0
+        while self.inside.get(slot, 0) and time.monotonic() < deadline:  # each leaves within a wait of 0.25 s
+            time.sleep(0.01)
+        with self.lock:
+            self.inside.pop(slot, None)
+            self.writers.pop(slot, None)
+            voided = self.ring.void_member(slot + 1)  # a block it could not finish is never stamped
+            if self.control.state(slot) != State.FREE and self.control.pid(slot) == os.getpid():
+                self.control.leave(slot)
+        log.info("actor-%d (ray) from %s left%s; %d block(s) voided", slot, self.where.get(key, "?"),
+                 f" ({why})" if why else "", voided)  # fmt: skip
+        return slot
+
+    def retire(self) -> int:
+        """Ask every remote actor to finish its block and go (Ctrl-C on the attach)."""
+        with self.lock:
+            slots = list(self.slots.values())
+        return sum(self.control.retire(slot) for slot in slots)
+
+    def roster(self) -> dict[int, dict]:
+        with self.lock:
+            return {key: {"slot": slot, "host": self.where[key]} for key, slot in self.slots.items()}
+
+    # --- the calls remote actors make -----------------------------------------------------------
+    def write(self, key: int, rows: dict[str, np.ndarray], frames: np.ndarray | None, report: dict) -> dict:
+        """One block into the ring (waiting while the rate limiter says no), then the run's word."""
+        slot = self._enter(key)
+        if slot is None:
+            return self._gone()
+        try:
+            self._apply(slot, report)
+            self._write(slot, rows, frames)
+            return self._reply(slot) if slot in self.live else self._gone()
+        finally:
+            with self.lock:
+                self.inside[slot] = self.inside.get(slot, 1) - 1
+
+    def beat(self, key: int, report: dict) -> dict:
+        slot = self._enter(key)
+        if slot is None:
+            return self._gone()
+        try:
+            self._apply(slot, report)
+            return self._reply(slot) if slot in self.live else self._gone()
+        finally:
+            with self.lock:
+                self.inside[slot] = self.inside.get(slot, 1) - 1
+
+    def _enter(self, key: int) -> int | None:
+        with self.lock:
+            slot = self.slots.get(key)
+            if slot is not None:
+                self.inside[slot] += 1
+            return slot
+
+    def _apply(self, slot: int, report: dict) -> None:
+        control = self.control
+        control.heartbeat(slot, steps=report["steps"], weights=report["weights"])
+        if report["returns"]:
+            control.report_episodes(slot, np.asarray(report["returns"]), np.asarray(report["lengths"]))
+        for counter, n in report["counters"].items():
+            control.add(counter, n)
+
+    def _write(self, slot: int, rows: dict[str, np.ndarray], frames: np.ndarray | None) -> None:
+        """Wait in the ring as an actor does; give up when the run stops, the slot is released, or the
+        actor was retired `RETIRE_GRACE_S` ago (the block's rows were never reserved: nothing is left)."""
+        writer, give_up = self.writers[slot], float("inf")
+        try:
+            while not writer.write(rows, timeout=0.25, frames=frames):
+                self.control.heartbeat(slot)  # held by the rate limiter is healthy
+                if self._stopping() or slot not in self.live:
+                    return
+                if self.control.state(slot) != State.RUNNING:
+                    give_up = min(give_up, time.monotonic() + RETIRE_GRACE_S)
+                if time.monotonic() >= give_up:
+                    return
+        except RingClosed:
+            return
+
+    def _stopping(self) -> bool:
+        """The run stops, or its supervisor is gone (checked once a second: it reads /proc)."""
+        if self.control.stopping or self.closed.is_set():
+            return True
+        now = time.monotonic()
+        if now - self.alive_at > 1.0:
+            self.alive_at, self.run_alive = now, owner_alive(self.manifest)
+        return not self.run_alive
+
+    def _reply(self, slot: int) -> dict:
+        self._share_weights()
+        return {"stopping": self._stopping(), "state": int(self.control.state(slot)), "version": self.version,
+                "weights": self.weights}  # fmt: skip
+
+    def _gone(self) -> dict:
+        """The reply to a call for a slot already released: leave."""
+        return {"stopping": True, "state": int(State.FREE), "version": self.version, "weights": self.weights}
+
+    def _share_weights(self) -> None:
+        """A newer version on the board becomes one new object (`put`), shared by every remote actor."""
+        if self.board.version <= self.version or time.monotonic() - self.put_at < PUT_EVERY_S:
+            return
+        with self.lock:
+            if self.board.version <= self.version:
+                return
+            try:
+                version = self.board.read_into(self.flat, self.version)
+            except TimeoutError:  # a publisher racing every copy: the next reply tries again
+                return
+            self.weights, self.version, self.put_at = self.put(self.flat.numpy()), version, time.monotonic()
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def until_closed(self) -> bool:
+        """Returns when the ingest closes: the attach process watches this call to learn that it died."""
+        self.closed.wait()
+        return True
+
+    def close(self) -> None:
+        """Release every slot (their calls let out first), then unmap: nothing touches the segments after."""
+        self.closed.set()
+        for key in list(self.slots):
+            self.release(key, "the attach ended")
+        self.shared.close()
+
+    @staticmethod
+    def log_to(run_dir: str) -> None:
+        handler = logging.FileHandler(Path(run_dir) / "logs" / "ingest-ray.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

@@ -1,0 +1,209 @@
+"""A remote actor's link and the ingest, in one process (no Ray): the rows that land are the rows a local
+actor writes, backpressure fills the window instead of a queue, a released slot lets its calls out and
+nothing lands after, weights cross as one object per version, and a lost ingest detaches the actor."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mp_rl.agent.actor import Actor
+from mp_rl.config import load_config
+from mp_rl.remote.ingest import Ingest
+from mp_rl.remote.link import Link, LinkedRun, Transport
+from mp_rl.shm.control import State
+from mp_rl.shm.manifest import SharedRun
+from mp_rl.shm.sampler import read_rows
+from mp_rl.shm.sync import RateLimit
+from mp_rl.start.preflight import plan
+
+
+def direct(ingest: Ingest, pool: cf.ThreadPoolExecutor, calls: list | None = None) -> Transport:
+    """Calls into `ingest` on a thread each, their arguments serialised at the call as Ray does."""
+
+    def call(method, *args):
+        if calls is not None:
+            calls.append(method)
+        return pool.submit(getattr(ingest, method), *pickle.loads(pickle.dumps(args)))
+
+    def wait(futures, timeout):
+        return list(cf.wait(futures, timeout, cf.FIRST_COMPLETED).done)
+
+    return Transport(call, wait, lambda f: f.result())
+
+
+def make_run(tmp_path, shm_name, cfg, limit=None):
+    p = plan(cfg)
+    limit = limit or RateLimit(None, 1, 0, p.ring.block, 64)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return SharedRun.create(tmp_path, shm_name("a").split(".")[1], p.ring, limit, p.numel, 4), p
+
+
+CFG = ["env.id=mp_rl.testing:StackedStampFrames", "env.max_episode_steps=25", "env.envs_per_actor=3"]
+
+
+def rows_of(actor: Actor, shared: SharedRun, steps: int, after=lambda: None) -> dict:
+    for _ in range(steps):
+        actor.step()
+    actor.finish()
+    after()
+    _, rows = read_rows(shared.ring, np.arange(*shared.ring.window()))
+    actor.close()
+    return rows
+
+
+def test_a_linked_actor_lands_byte_for_byte_the_rows_a_local_actor_writes(tmp_path, shm_name):
+    """Frame rows (Pong's layout), episodes of every length: the same seed and policy give the same rows."""
+    cfg = load_config("configs/smoke.yaml", CFG)
+    got = {}
+    for how in ("local", "linked"):
+        folder = tmp_path / how
+        folder.mkdir()
+        shared, p = make_run(folder, shm_name, cfg)
+        torch.manual_seed(0)
+        try:
+            if how == "local":
+                got[how] = rows_of(Actor(cfg, shared, p.spec, 0, index=0, count=1, seed=3), shared, 400)
+                continue
+            ingest, pool = Ingest(str(folder)), cf.ThreadPoolExecutor(8)
+            joined = ingest.join(key=0, host="here")
+            link = Link(direct(ingest, pool), key=0, window=4)
+            actor = Actor(cfg, LinkedRun(link, shared.ring.spec), p.spec, joined["slot"], index=0, count=1, seed=3)
+            got[how] = rows_of(actor, shared, 400, after=link.drain)
+            assert shared.control.live_members()[0]["remote"]
+            assert ingest.release(0) == joined["slot"] and shared.control.free_slots() == 4
+            ingest.close()
+            pool.shutdown()
+        finally:
+            shared.close()
+    assert len(got["linked"]["action"]) > 1000
+    for name, local in got["local"].items():
+        assert np.array_equal(np.sort(local.reshape(len(local), -1), 0),
+                              np.sort(got["linked"][name].reshape(len(local), -1), 0)), name  # fmt: skip
+
+
+def blocked_run(tmp_path, shm_name):
+    """A ring that takes 256 rows and then holds every write (no learner samples)."""
+    cfg = load_config("configs/smoke.yaml")
+    p = plan(cfg)
+    return make_run(tmp_path, shm_name, cfg, RateLimit(1.0, 64, 192, p.ring.block, 64))
+
+
+def block_of(shared: SharedRun, i: int) -> dict[str, np.ndarray]:
+    spec = shared.ring.spec
+    return {f.name: np.full((spec.block, *f.shape), i, f.dtype) for f in spec.fields}
+
+
+@pytest.mark.timeout(60)
+def test_backpressure_fills_the_window_then_a_released_slot_lets_its_calls_out_and_nothing_lands_after(
+    tmp_path, shm_name
+):
+    shared, _ = blocked_run(tmp_path, shm_name)
+    ingest, pool = Ingest(str(tmp_path)), cf.ThreadPoolExecutor(8)
+    try:
+        slot = ingest.join(key=7, host="there")["slot"]
+        link = Link(direct(ingest, pool), key=7, window=3)
+        sent = 0
+        while link.send_block(block_of(shared, sent), None, timeout=0.5):
+            sent += 1
+            assert sent < 50, "the rate limiter never pushed back"
+        limit_rows = shared.ring.counts()["inserts"]
+        assert limit_rows == 256 and len(link.inflight) == 3, "held in the ring: the window is full, no queue grows"
+        assert sent == 256 // shared.ring.spec.block + 3
+        t0 = time.monotonic()
+        assert ingest.release(7, "its node died") == slot
+        assert time.monotonic() - t0 < 2.0, "its calls waiting in the ring were let out"
+        link.reap(5.0)
+        link.reap(5.0)
+        link.reap(5.0)
+        assert not link.inflight and link.stopping and link.state == State.FREE
+        assert shared.control.state(slot) == State.FREE and not np.any(shared.ring.leases == slot + 1)
+        assert shared.ring.counts()["inserts"] == limit_rows, "nothing landed after the release"
+        assert ingest.write(7, block_of(shared, 99), None, link._take_report())["stopping"]  # a late call: go
+    finally:
+        ingest.close()
+        pool.shutdown()
+        shared.close()
+
+
+def test_reports_become_heartbeat_episodes_and_counters_and_the_run_stopping_is_heard(tmp_path, shm_name):
+    shared, _ = make_run(tmp_path, shm_name, load_config("configs/smoke.yaml"))
+    ingest, pool = Ingest(str(tmp_path)), cf.ThreadPoolExecutor(4)
+    try:
+        slot = ingest.join(key=0, host="there")["slot"]
+        run = LinkedRun(Link(direct(ingest, pool), key=0), shared.ring.spec)
+        run.control.report_episodes(slot, np.array([3.0, 5.0]), np.array([10, 20]))
+        run.control.add("env_steps", 300)
+        run.link.last_call = 0.0  # a beat is due
+        run.control.heartbeat(slot, steps=300, weights=0)
+        run.link.drain()
+        member = shared.control.live_members()[0]
+        assert member["steps"] == 300 and member["remote"] and member["attached"]
+        assert shared.control.counters()["env_steps"] == 300
+        rows, _ = shared.control.episodes_since(0)
+        assert rows[:, 0].tolist() == [3.0, 5.0]
+        shared.control.request_stop()
+        run.link.drain()
+        assert run.control.stopping
+    finally:
+        ingest.close()
+        pool.shutdown()
+        shared.close()
+
+
+def test_weights_cross_as_one_object_per_version_for_every_remote_actor(tmp_path, shm_name):
+    shared, p = make_run(tmp_path, shm_name, load_config("configs/smoke.yaml"))
+    puts = []
+    ingest, pool = Ingest(str(tmp_path), put=lambda a: puts.append(a.copy()) or len(puts) - 1), cf.ThreadPoolExecutor(4)
+    objects = {}  # what `get` of a weights reference returns: the array that was put
+    try:
+        links = []
+        for key in range(3):
+            ingest.join(key=key, host="there")
+            t = direct(ingest, pool)
+            links.append(Link(Transport(t.call, t.wait, lambda r, t=t: puts[r] if isinstance(r, int) else t.get(r)),
+                              key=key))  # fmt: skip
+        for version in (1, 2):
+            shared.board.publish(torch.full((p.numel,), float(version)))
+            time.sleep(0.06)  # at most one object every PUT_EVERY_S
+            for link in links:
+                link.drain()
+                flat = torch.zeros(p.numel)
+                assert LinkedRun(link, shared.ring.spec).board.read_into(flat, version - 1) == version
+                objects[version] = float(flat[0])
+        assert len(puts) == 2, "one object per version, not one per actor"
+        assert objects == {1: 1.0, 2: 2.0}
+    finally:
+        ingest.close()
+        pool.shutdown()
+        shared.close()
+
+
+def test_an_ingest_that_is_gone_detaches_the_actor_with_what_it_was_told(tmp_path, shm_name):
+    cfg = load_config("configs/smoke.yaml")
+    shared, p = make_run(tmp_path, shm_name, cfg)
+    dead = threading.Event()
+
+    def call(method, *args):
+        f = cf.Future()
+        f.set_exception(ConnectionError("ActorDiedError: the actor died unexpectedly")) if dead.is_set() else \
+            f.set_result({"stopping": False, "state": int(State.RUNNING), "version": 0, "weights": None})  # fmt: skip
+        return f
+
+    link = Link(Transport(call, lambda fs, t: list(fs), lambda f: f.result()), key=0, window=2)
+    actor = Actor(cfg, LinkedRun(link, shared.ring.spec), p.spec, 0, index=0, count=1, seed=0)
+    try:
+        threading.Timer(0.5, dead.set).start()
+        t0 = time.monotonic()
+        actor.run(run_alive=lambda: link.lost is None)  # returns: nowhere to write
+        assert time.monotonic() - t0 < 10 and link.lost and "ActorDiedError" in link.lost
+        assert link.sent_blocks > 0
+    finally:
+        actor.close()
+        shared.close()
