@@ -43,13 +43,21 @@ def title(run_id: str, member: str) -> str:
     return f"mp_rl[{run_id}] {member}"
 
 
+def retitle(text: str) -> None:
+    """Title a Ray worker. Ray titles its workers itself (`ray::Class.method`, again at every call) and
+    keeps the title it knows in its own setter: one that bypasses it is undone at the next call."""
+    import ray
+
+    getattr(ray._raylet, "setproctitle", setproctitle)(text)
+
+
 class RayIngest(Ingest):
     """The ingest as a Ray actor: titled, logging into the run folder, sharing weights with `ray.put`."""
 
     def __init__(self, run_dir: str, run_id: str):
         import ray
 
-        setproctitle(title(run_id, "ingest (ray)"))
+        retitle(title(run_id, "ingest (ray)"))  # until its first call: Ray then shows `ray::RayIngest.<call>`
         Ingest.log_to(run_dir)
         super().__init__(run_dir, put=ray.put)
 
@@ -79,7 +87,7 @@ class RayActor:
         if joined is None:
             return {"key": self.key, "slot": None, "host": host, "steps": 0, "ended": "no slot (run full or ending)"}
         slot = joined["slot"]
-        setproctitle(title(self.run_id, f"actor-{slot} (ray)"))
+        retitle(title(self.run_id, f"actor-{slot} (ray)"))  # its one call runs as long as it does
         link = Link(ray_transport(self.ingest), self.key, self.window)
         link._absorb(joined["reply"])
         cfg = Config.model_validate(self.cfg_json)
