@@ -150,3 +150,18 @@ def test_a_killed_ingest_ends_the_attach_with_one_line_and_the_run_stopping_ends
     out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     assert out.count("the run stopped") == 2, out
+
+
+def test_bad_ray_input_is_one_line_and_exit_2_with_nothing_started(live):
+    run = live(*RUN)
+    for args, needle in [
+        (["--ray", "127.0.0.1:1"], "nothing answers there"),  # ray.init would retry this for minutes
+        (["--ray", "ray://head:10001"], "Ray Client addresses are not supported"),
+        (["--ray", "local", "--cpus", "0"], "Ray places --ray actors itself"),
+    ]:
+        proc = subprocess.Popen([sys.executable, "-m", "mp_rl.attach", str(run.run_dir), *args], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+    with SharedRun.attach(run.run_dir) as shared:
+        assert not remote(shared, stepping=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import pickle
+import sys
 import threading
 import time
 
@@ -207,3 +208,12 @@ def test_an_ingest_that_is_gone_detaches_the_actor_with_what_it_was_told(tmp_pat
     finally:
         actor.close()
         shared.close()
+
+
+def test_attach_with_ray_missing_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path):
+    from mp_rl import attach
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra has
+    assert attach.main([str(tmp_path), "--ray", "local"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install -e '.[ray]'" in err[0], err

@@ -107,9 +107,24 @@ class RayActor:
                 "blocks": link.sent_blocks}  # fmt: skip
 
 
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """A `host:port` with nothing listening: ValueError now. `ray.init` would retry it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://"):
+        raise ValueError(f"--ray {address}: Ray Client addresses are not supported; give the head's host:port")
+    if not sep or not port.isdigit():
+        return  # `auto` and the like: ray.init resolves them (and fails at once when there is no cluster)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"--ray {address}: nothing answers there ({exc.strerror or exc}); is `ray start --head` "
+                         "running on that machine?") from None  # fmt: skip
+
+
 def init_ray(ray, address: str) -> None:
     """Connect (or, `local`, start a private instance); usage statistics stay off unless asked for."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    reachable(address)
     if address == "local":
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
@@ -211,7 +226,9 @@ def run_on_ray(run_dir: str, run_id: str, n: int, cfg: Config, spec: EnvSpec, ri
     setproctitle(title(run_id, "attach (ray)"))
     try:
         init_ray(ray, address)
-    except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster there: bad input, nothing started
+    except ValueError:
+        raise
+    except (ConnectionError, RuntimeError) as exc:  # no cluster there: bad input, nothing started
         raise ValueError(f"--ray {address}: cannot connect ({str(exc).strip().splitlines()[0]})") from None
     try:
         attach = RayAttach(ray, run_dir, run_id, n, cfg, spec, ring)
