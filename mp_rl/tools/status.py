@@ -83,6 +83,10 @@ def member_name(m: dict) -> str:
     return m["kind"]
 
 
+def percent(x) -> str:
+    return "—" if x is None else f"{x:,.0f}%"
+
+
 def _f(x) -> str:
     return "—" if x is None else f"{x:,.0f}" if isinstance(x, float) else str(x)
 
@@ -94,7 +98,7 @@ def text_lines(s: dict) -> str:
         f"{_f(r['inserts_per_s'])} inserts/s, {_f(r['samples_per_s'])} samples/s | learner {_f(lr['updates_per_s'])} "
         f"updates/s, batch {lr['batch_size']} | weights v{s['weight_version']}, lag {s['weight_lag']}",
         *(
-            f"  slot {m['slot']:>2} {member_name(m):<20} pid {m['pid']:>7}  cpu {_f(m['cpu_percent']):>4}%  "
+            f"  slot {m['slot']:>2} {member_name(m):<20} pid {m['pid']:>7}  cpu {percent(m['cpu_percent']):>5}  "
             f"{_f(m['steps_per_s']):>7} {'updates' if m['kind'] == 'learner' else 'steps'}/s  "
             f"heartbeat {m['heartbeat_age_s']:.1f}s  lag {_f(m['weight_lag'])}  {m['state']}"
             for m in s["members"]
