@@ -123,7 +123,7 @@ def ctrl_c(proc: subprocess.Popen, timeout: float = 60) -> str:
 @pytest.mark.timeout(240)
 def test_a_killed_ingest_ends_the_attach_with_one_line_and_the_run_stopping_ends_ray_actors(cluster, live):
     c, _ = cluster
-    run = live(*RUN, "replay.samples_per_insert=null")
+    run = live(*RUN)  # rate-limited: the ingest is often inside a held write when it dies
     run.wait_members({"learner", "actor-0"})
     proc = attach_ray(run.run_dir, c.address, 2)
     with SharedRun.attach(run.run_dir) as shared:
