@@ -30,3 +30,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         raise SystemExit(fail(self.prog, message))
+
+
+def config_parser(prog: str, description: str, example: str, required: bool = True) -> Parser:
+    """The parser every config-taking entry point starts from: `--config` and `key.sub=value` overrides."""
+    p = Parser(prog=prog, description=description)
+    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help=f"overrides, e.g. {example}")
+    return p

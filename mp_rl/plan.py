@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 
-from mp_rl.cli import Parser, fail
+from mp_rl.cli import config_parser, fail
 from mp_rl.config import ConfigError, load_config
 from mp_rl.start.budget import HEADROOM, Budget, Line, Point, gib
 from mp_rl.start.preflight import Plan, StartError, plan, point, would_fit
@@ -105,9 +105,8 @@ def text(p: Plan, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = Parser(prog="mp_rl.plan", description="Print what each component of a run would use, and whether it fits.")
-    ap.add_argument("--config", required=True, help="YAML config (see configs/)")
-    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, e.g. replay.capacity=500000")
+    ap = config_parser("mp_rl.plan", "Print what each component of a run would use, and whether it fits.",
+                       "replay.capacity=500000")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="the plan as JSON, for scripts")
     args = ap.parse_args(argv)
     try:

@@ -16,16 +16,19 @@ import torch
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.models import q_network
-from mp_rl.cli import Parser, fail
+from mp_rl.cli import config_parser, fail
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.start.preflight import StartError, new_run_dir, plan
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = Parser(prog="mp_rl.run", description="Train an off-policy agent with actor processes and a learner.")
-    p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, e.g. learner.batch_size=128")
+    p = config_parser(
+        "mp_rl.run",
+        "Train an off-policy agent with actor processes and a learner.",
+        "learner.batch_size=128",
+        required=False,
+    )  # --resume may stand in for --config
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its newest checkpoint")
     p.add_argument("--print-config", action="store_true", help="check everything, print the resolved config, exit")
     p.add_argument("--retune", action="store_true", help="with run.autotune: search again, ignoring the cache")

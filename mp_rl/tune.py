@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mp_rl.cli import Parser, fail
+from mp_rl.cli import config_parser, fail
 from mp_rl.config import ConfigError, load_config
 from mp_rl.start import cache
 from mp_rl.start.preflight import StartError, new_run_dir, plan
@@ -55,9 +55,8 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = Parser(prog="mp_rl.tune", description="Search and cache the fastest envs per actor, actors and batch.")
-    ap.add_argument("--config", required=True, help="YAML config (see configs/)")
-    ap.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, e.g. actors.max_count=8")
+    ap = config_parser("mp_rl.tune", "Search and cache the fastest envs per actor, actors and batch.",
+                       "actors.max_count=8")  # fmt: skip
     ap.add_argument("--retune", action="store_true", help="search even when a cached point exists")
     ap.add_argument("--json", action="store_true", help="the result as JSON")
     args = ap.parse_args(argv)
