@@ -52,12 +52,13 @@ class Ingest:
         self.version, self.weights, self.put_at = 0, None, 0.0
         self.alive_at, self.run_alive = 0.0, True
         self.closed = threading.Event()
+        self.retiring = False  # Ctrl-C on the attach: an actor that starts late does not join
 
     # --- membership ---------------------------------------------------------------------------
     def join(self, key: int, host: str) -> dict | None:
         """Claim a slot for remote actor `key`; None when every slot is taken or the run is stopping."""
         with self.lock:
-            if self.closed.is_set() or self.control.stopping:
+            if self.closed.is_set() or self.retiring or self.control.stopping:
                 return None
             try:
                 slot = self.control.claim(Kind.ACTOR, pid=os.getpid(), flags=ATTACHED | REMOTE, index=-1)
@@ -93,6 +94,7 @@ class Ingest:
     def retire(self) -> int:
         """Ask every remote actor to finish its block and go (Ctrl-C on the attach)."""
         with self.lock:
+            self.retiring = True
             slots = list(self.slots.values())
         return sum(self.control.retire(slot) for slot in slots)
 

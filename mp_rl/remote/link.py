@@ -66,7 +66,7 @@ class Link:
         self.inflight.append(self.t.call(method, self.key, *args, self._take_report()))
         self.last_call = time.monotonic()
 
-    def _absorb(self, reply: dict) -> None:
+    def absorb(self, reply: dict) -> None:
         self.stopping = self.stopping or reply["stopping"]
         self.state = State(reply["state"])
         if reply["version"] > self.version:
@@ -83,7 +83,7 @@ class Link:
             except Exception as exc:  # the ingest died (or its node): this actor has nowhere to write
                 self.lost = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 raise Detached(f"the ingest is gone ({self.lost})") from None
-            self._absorb(reply)
+            self.absorb(reply)
 
     def send_block(self, rows: dict[str, np.ndarray], frames: np.ndarray | None, timeout: float) -> bool:
         """Send one block; False when the window stayed full for `timeout` seconds (backpressure).

@@ -89,7 +89,7 @@ class RayActor:
         slot = joined["slot"]
         retitle(title(self.run_id, f"actor-{slot} (ray)"))  # its one call runs as long as it does
         link = Link(ray_transport(self.ingest), self.key, self.window)
-        link._absorb(joined["reply"])
+        link.absorb(joined["reply"])
         cfg = Config.model_validate(self.cfg_json)
         torch.set_num_threads(cfg.actors.torch_threads)
         seed = cfg.run.seed + 10_007 * (slot + 1) + os.getpid()
@@ -186,9 +186,10 @@ class RayAttach:
             self._lost(key, str(exc).strip().splitlines()[-1])
             return 1
         self.results.append(out)
-        if out["slot"] is None:
-            print(f"mp_rl.attach: a remote actor on {out['host']} found {out['ended']}", flush=True)
-            return 1
+        if out["slot"] is None:  # it started after Ctrl-C (fine), or found the run full or ending
+            if not self.asked:
+                print(f"mp_rl.attach: a Ray actor on {out['host']} did not join: {out['ended']}", flush=True)
+            return 0 if self.asked else 1
         self.ray.get(self.ingest.release.remote(key, out["ended"]))
         return 0 if out["ended"] != "the ingest is gone" else 1
 
