@@ -5,6 +5,7 @@ nothing lands after, weights cross as one object per version, and a lost ingest 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import pickle
 import sys
 import threading
@@ -46,6 +47,19 @@ def make_run(tmp_path, shm_name, cfg, limit=None):
     return SharedRun.create(tmp_path, shm_name("a").split(".")[1], p.ring, limit, p.numel, 4), p
 
 
+@contextlib.contextmanager
+def served(folder, shm_name, cfg=None, limit=None, put=np.copy):
+    """A run's segments in `folder`, an ingest attached to them and threads to call it from; all closed after."""
+    shared, p = make_run(folder, shm_name, cfg or load_config("configs/smoke.yaml"), limit)
+    ingest, pool = Ingest(str(folder), put=put), cf.ThreadPoolExecutor(8)
+    try:
+        yield shared, p, ingest, pool
+    finally:
+        ingest.close()
+        pool.shutdown()
+        shared.close()
+
+
 CFG = ["env.id=mp_rl.testing:StackedStampFrames", "env.max_episode_steps=25", "env.envs_per_actor=3"]
 
 
@@ -66,34 +80,28 @@ def test_a_linked_actor_lands_byte_for_byte_the_rows_a_local_actor_writes(tmp_pa
     for how in ("local", "linked"):
         folder = tmp_path / how
         folder.mkdir()
-        shared, p = make_run(folder, shm_name, cfg)
-        torch.manual_seed(0)
-        try:
+        with served(folder, shm_name, cfg) as (shared, p, ingest, pool):
+            torch.manual_seed(0)  # the same policy both times
             if how == "local":
                 got[how] = rows_of(Actor(cfg, shared, p.spec, 0, index=0, count=1, seed=3), shared, 400)
                 continue
-            ingest, pool = Ingest(str(folder)), cf.ThreadPoolExecutor(8)
             joined = ingest.join(key=0, host="here")
             link = Link(direct(ingest, pool), key=0, window=4)
             actor = Actor(cfg, LinkedRun(link, shared.ring.spec), p.spec, joined["slot"], index=0, count=1, seed=3)
             got[how] = rows_of(actor, shared, 400, after=link.drain)
             assert shared.control.live_members()[0]["remote"]
             assert ingest.release(0) == joined["slot"] and shared.control.free_slots() == 4
-            ingest.close()
-            pool.shutdown()
-        finally:
-            shared.close()
     assert len(got["linked"]["action"]) > 1000
     for name, local in got["local"].items():
         assert np.array_equal(np.sort(local.reshape(len(local), -1), 0),
                               np.sort(got["linked"][name].reshape(len(local), -1), 0)), name  # fmt: skip
 
 
-def blocked_run(tmp_path, shm_name):
+def blocked(tmp_path, shm_name):
     """A ring that takes 256 rows and then holds every write (no learner samples)."""
-    cfg = load_config("configs/smoke.yaml")
-    p = plan(cfg)
-    return make_run(tmp_path, shm_name, cfg, RateLimit(1.0, 64, 192, p.ring.block, 64))
+    return served(
+        tmp_path, shm_name, limit=RateLimit(1.0, 64, 192, plan(load_config("configs/smoke.yaml")).ring.block, 64)
+    )
 
 
 def block_of(shared: SharedRun, i: int) -> dict[str, np.ndarray]:
@@ -105,9 +113,7 @@ def block_of(shared: SharedRun, i: int) -> dict[str, np.ndarray]:
 def test_backpressure_fills_the_window_then_a_released_slot_lets_its_calls_out_and_nothing_lands_after(
     tmp_path, shm_name
 ):
-    shared, _ = blocked_run(tmp_path, shm_name)
-    ingest, pool = Ingest(str(tmp_path)), cf.ThreadPoolExecutor(8)
-    try:
+    with blocked(tmp_path, shm_name) as (shared, _, ingest, pool):
         slot = ingest.join(key=7, host="there")["slot"]
         link = Link(direct(ingest, pool), key=7, window=3)
         sent = 0
@@ -129,16 +135,10 @@ def test_backpressure_fills_the_window_then_a_released_slot_lets_its_calls_out_a
         assert shared.control.state(slot) == State.FREE and not np.any(shared.ring.leases == slot + 1)
         assert shared.ring.counts()["inserts"] == limit_rows, "nothing landed after the release"
         assert ingest.write(7, block_of(shared, 99), None, link._take_report())["stopping"]  # a late call: go
-    finally:
-        ingest.close()
-        pool.shutdown()
-        shared.close()
 
 
 def test_reports_become_heartbeat_episodes_and_counters_and_the_run_stopping_is_heard(tmp_path, shm_name):
-    shared, _ = make_run(tmp_path, shm_name, load_config("configs/smoke.yaml"))
-    ingest, pool = Ingest(str(tmp_path)), cf.ThreadPoolExecutor(4)
-    try:
+    with served(tmp_path, shm_name) as (shared, _, ingest, pool):
         slot = ingest.join(key=0, host="there")["slot"]
         run = LinkedRun(Link(direct(ingest, pool), key=0), shared.ring.spec)
         run.control.report_episodes(slot, np.array([3.0, 5.0]), np.array([10, 20]))
@@ -154,18 +154,11 @@ def test_reports_become_heartbeat_episodes_and_counters_and_the_run_stopping_is_
         shared.control.request_stop()
         run.link.drain()
         assert run.control.stopping
-    finally:
-        ingest.close()
-        pool.shutdown()
-        shared.close()
 
 
 def test_weights_cross_as_one_object_per_version_for_every_remote_actor(tmp_path, shm_name):
-    shared, p = make_run(tmp_path, shm_name, load_config("configs/smoke.yaml"))
-    puts = []
-    ingest, pool = Ingest(str(tmp_path), put=lambda a: puts.append(a.copy()) or len(puts) - 1), cf.ThreadPoolExecutor(4)
-    objects = {}  # what `get` of a weights reference returns: the array that was put
-    try:
+    puts, objects = [], {}  # a put's reference is its index here
+    with served(tmp_path, shm_name, put=lambda a: puts.append(a.copy()) or len(puts) - 1) as (shared, p, ingest, pool):
         links = []
         for key in range(3):
             ingest.join(key=key, host="there")
@@ -182,10 +175,6 @@ def test_weights_cross_as_one_object_per_version_for_every_remote_actor(tmp_path
                 objects[version] = float(flat[0])
         assert len(puts) == 2, "one object per version, not one per actor"
         assert objects == {1: 1.0, 2: 2.0}
-    finally:
-        ingest.close()
-        pool.shutdown()
-        shared.close()
 
 
 def test_an_ingest_that_is_gone_detaches_the_actor_with_what_it_was_told(tmp_path, shm_name):

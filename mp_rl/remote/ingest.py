@@ -43,6 +43,7 @@ class Ingest:
         self.control, self.ring, self.board = self.shared.control, self.shared.ring, self.shared.board
         self.put = put  # ray.put: one object per weights version, read by every remote actor
         self.lock = threading.Lock()
+        self.left = threading.Condition(self.lock)  # a call left its slot: `release` may be waiting for that
         self.slots: dict[int, int] = {}  # remote actor's key -> its slot
         self.where: dict[int, str] = {}  # key -> the host it runs on
         self.live: set[int] = set()  # slots whose actor has not been released
@@ -78,10 +79,8 @@ class Ingest:
             self.live.discard(slot)
         if slot is None:
             return None
-        deadline = time.monotonic() + 5.0
-        while self.inside.get(slot, 0) and time.monotonic() < deadline:  # each leaves within a wait of 0.25 s
-            time.sleep(0.01)
-        with self.lock:
+        with self.left:  # each call inside leaves within one wait of 0.25 s once the slot is not live
+            self.left.wait_for(lambda: not self.inside.get(slot, 0), timeout=5.0)
             self.inside.pop(slot, None)
             self.writers.pop(slot, None)
             voided = self.ring.void_member(slot + 1)  # a block it could not finish is never stamped
@@ -98,41 +97,32 @@ class Ingest:
             slots = list(self.slots.values())
         return sum(self.control.retire(slot) for slot in slots)
 
-    def roster(self) -> dict[int, dict]:
-        with self.lock:
-            return {key: {"slot": slot, "host": self.where[key]} for key, slot in self.slots.items()}
-
     # --- the calls remote actors make -----------------------------------------------------------
     def write(self, key: int, rows: dict[str, np.ndarray], frames: np.ndarray | None, report: dict) -> dict:
         """One block into the ring (waiting while the rate limiter says no), then the run's word."""
-        slot = self._enter(key)
-        if slot is None:
-            return self._gone()
-        try:
-            self._apply(slot, report)
-            self._write(slot, rows, frames)
-            return self._reply(slot) if slot in self.live else self._gone()
-        finally:
-            with self.lock:
-                self.inside[slot] = self.inside.get(slot, 1) - 1
+        return self._as_member(key, report, lambda slot: self._write(slot, rows, frames))
 
     def beat(self, key: int, report: dict) -> dict:
-        slot = self._enter(key)
-        if slot is None:
-            return self._gone()
+        """The report alone (an actor between blocks), then the run's word."""
+        return self._as_member(key, report)
+
+    def _as_member(self, key: int, report: dict, work: Callable[[int], None] | None = None) -> dict:
+        """Take the report for actor `key`'s slot, do `work`, reply; counted as inside the slot meanwhile,
+        so `release` can wait for it. A call for a slot released before or during it is told to go."""
+        with self.lock:
+            slot = self.slots.get(key)
+            if slot is None:
+                return self._gone()
+            self.inside[slot] += 1
         try:
             self._apply(slot, report)
+            if work is not None:
+                work(slot)
             return self._reply(slot) if slot in self.live else self._gone()
         finally:
             with self.lock:
                 self.inside[slot] = self.inside.get(slot, 1) - 1
-
-    def _enter(self, key: int) -> int | None:
-        with self.lock:
-            slot = self.slots.get(key)
-            if slot is not None:
-                self.inside[slot] += 1
-            return slot
+                self.left.notify_all()
 
     def _apply(self, slot: int, report: dict) -> None:
         control = self.control
