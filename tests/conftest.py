@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from mp_rl.shm.segment import Segment, list_segments
+from mp_rl.testing.ownership import foreign_segments
 
 _names = itertools.count()
 
@@ -43,7 +44,8 @@ def _cmdline(p: psutil.Process) -> list[str]:
 def no_leaks():
     before = set(list_segments())
     yield
-    leaked = sorted(set(list_segments()) - before)
+    new = set(list_segments()) - before
+    leaked = sorted(new - foreign_segments(new))  # another session's or a user's run is not this test's
     for name in leaked:
         os.unlink(Segment.path(name))
     alive = _children()

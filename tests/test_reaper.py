@@ -140,3 +140,19 @@ def test_the_real_dev_shm_dead_run_removed_and_a_live_one_left(shm_name):
         assert os.path.exists(os.path.join(segment.SHM_DIR, f"mp_rl.{starting}.control"))
     finally:
         cb.destroy()
+
+
+def test_the_leak_check_leaves_other_sessions_segments_alone_and_blames_ours(shm):
+    """Two test sessions on one machine (a developer's and CI's): neither may unlink the other's live run."""
+    from mp_rl.testing.ownership import foreign_segments
+
+    now = time.time_ns()
+    put(shm, "mp_rl.theirs.control", control_bytes(pid=1, created_ns=now - 10 * 10**9))  # alive, not our tree
+    put(shm, "mp_rl.theirs.ring")
+    put(shm, "mp_rl.mine.control", control_bytes(pid=os.getpid(), created_ns=now))  # alive, ours
+    put(shm, "mp_rl.crashed.control", control_bytes())  # its owner died: a child of ours leaked it
+    put(shm, "mp_rl.young.control", control_bytes(created_ns=now))  # died within seconds: still a leak
+    put(shm, "mp_rl.making.control", control_bytes(magic=0, pid=0, created_ns=0))  # being created, owner unknown
+    other, mine = f"mp_rl.test{DEAD_PID}-3.ring", f"mp_rl.test{os.getpid()}-3.ring"
+    names = set(os.listdir(shm)) | {other, mine}
+    assert foreign_segments(names, shm) == {"mp_rl.theirs.control", "mp_rl.theirs.ring", "mp_rl.making.control", other}
