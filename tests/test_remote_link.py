@@ -17,7 +17,7 @@ import torch
 
 from mp_rl.agent.actor import Actor
 from mp_rl.config import load_config
-from mp_rl.remote.ingest import Ingest
+from mp_rl.remote.ingest import PUT_EVERY_S, Ingest
 from mp_rl.remote.link import Link, LinkedRun, Transport
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
@@ -167,7 +167,7 @@ def test_weights_cross_as_one_object_per_version_for_every_remote_actor(tmp_path
                               key=key))  # fmt: skip
         for version in (1, 2):
             shared.board.publish(torch.full((p.numel,), float(version)))
-            time.sleep(0.06)  # at most one object every PUT_EVERY_S
+            time.sleep(PUT_EVERY_S + 0.01)  # the ingest makes at most one object this often
             for link in links:
                 link.drain()
                 flat = torch.zeros(p.numel)

@@ -43,6 +43,7 @@ class Ingest:
         self.control, self.ring, self.board = self.shared.control, self.shared.ring, self.shared.board
         self.put = put  # ray.put: one object per weights version, read by every remote actor
         self.lock = threading.Lock()
+        self.sharing = threading.Lock()  # the weights' copy and put: calls entering and leaving slots never wait on it
         self.left = threading.Condition(self.lock)  # a call left its slot: `release` may be waiting for that
         self.slots: dict[int, int] = {}  # remote actor's key -> its slot
         self.where: dict[int, str] = {}  # key -> the host it runs on
@@ -170,7 +171,7 @@ class Ingest:
         """A newer version on the board becomes one new object (`put`), shared by every remote actor."""
         if self.board.version <= self.version or time.monotonic() - self.put_at < PUT_EVERY_S:
             return
-        with self.lock:
+        with self.sharing:
             if self.board.version <= self.version:
                 return
             try:
