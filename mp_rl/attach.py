@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 
-from mp_rl.cli import EXIT_USAGE, Parser, fail
+from mp_rl.cli import EXIT_USAGE, Parser, fail, owner_only
 from mp_rl.config import ConfigError, load_config
 from mp_rl.shm.control import ATTACHED, Kind, State
 from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray", metavar="ADDRESS", help="run them on a Ray cluster: auto, host:port, or local (a private "
                    "instance on this machine); needs pip install -e '.[ray]'")  # fmt: skip
     args = p.parse_args(argv)
+    owner_only()  # attached actors write their logs into the run folder
     try:
         if args.actors < 1:
             raise ValueError(f"--actors {args.actors}: must be at least 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -23,6 +24,15 @@ def fail(prog: str, problem: object) -> int:
     """Print `prog: problem` as one line on stderr; return the usage exit code."""
     print(f"{prog}: {one_line(problem)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def owner_only() -> None:
+    """Everything this process and its children create from here on is owner-only (umask 077).
+
+    A run folder holds weights, the config, logs and metrics; the folders are made 0700, and the
+    umask keeps every file written into them (by mp_rl, torch.profiler or matplotlib) 0600, so a
+    copied or re-permissioned folder does not expose them. Children inherit the umask across spawn."""
+    os.umask(0o077)
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mp_rl.cli import Parser, fail
+from mp_rl.cli import Parser, fail, owner_only
 
 PNG, TEXT = "training_report.png", "training_summary.txt"
 
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir")
     ap.add_argument("--out", default=None, help="folder for the PNG and the summary (default: the run folder)")
     args = ap.parse_args(argv)
+    if args.out is None:  # into the run folder, owner-only as the rest of it; --out keeps the user's umask
+        owner_only()
     try:
         png, text = write(Path(args.run_dir), Path(args.out) if args.out else None)
     except (ReportError, OSError) as exc:

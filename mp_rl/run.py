@@ -16,7 +16,7 @@ import torch
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.models import q_network
-from mp_rl.cli import config_parser, fail
+from mp_rl.cli import config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.start.preflight import StartError, new_run_dir, plan
@@ -78,6 +78,7 @@ def fits_network(run_plan, state: dict, ckpt: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    owner_only()
     ckpt = state = None
     try:
         config_path = args.config

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mp_rl.cli import config_parser, fail
+from mp_rl.cli import config_parser, fail, owner_only
 from mp_rl.config import ConfigError, load_config
 from mp_rl.start import cache
 from mp_rl.start.preflight import StartError, new_run_dir, plan
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retune", action="store_true", help="search even when a cached point exists")
     ap.add_argument("--json", action="store_true", help="the result as JSON")
     args = ap.parse_args(argv)
+    owner_only()
     scratch = tempfile.mkdtemp(prefix="mp_rl-tune-")
     try:
         try:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +28,16 @@ def titled(run_id: str) -> dict[str, psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def owner_only(folder) -> list[str]:
+    """What under `folder` anyone but its owner could read: folders not 0700, files not 0600."""
+    wrong = []
+    for path in [folder, *folder.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wrong.append(f"{oct(mode)} {path.relative_to(folder)}")
+    return wrong
 
 
 def wait_for(predicate, timeout: float, what: str):
