@@ -26,7 +26,7 @@ from mp_rl.shm.control import ATTACHED, Kind, State
 from mp_rl.shm.ring import ReplayRing, rows_like
 from mp_rl.shm.ringspec import RingSpec
 from mp_rl.start.preflight import new_run_dir, plan
-from mp_rl.system.supervisor import Member, Supervisor, reap_attached
+from mp_rl.system.crew import Crew, Member, reap_attached
 from mp_rl.testing import checked_spec
 
 DEAD_PID = 2**22 + 13
@@ -107,15 +107,14 @@ class FakeProcess:
 
 def test_restart_counts_are_forgiven_after_a_healthy_period(held_run, tmp_path):
     _, p, shared = held_run
-    sup = Supervisor(p, tmp_path)
-    sup.shared = shared
+    crew = Crew(p, tmp_path, shared)
     slot = shared.control.claim(Kind.ACTOR, pid=os.getpid())
     healthy = Member(Kind.ACTOR, slot, 0, FakeProcess(), restarts=4, started=time.monotonic() - 200)
     recent = Member(Kind.ACTOR, slot, 1, FakeProcess(), restarts=4, started=time.monotonic() - 5)
     for m in (healthy, recent):
-        sup.members = {slot: m}
+        crew.members = {slot: m}
         shared.control.heartbeat(slot)
-        sup._check_members()
+        crew.check_members()
     assert healthy.restarts == 0 and recent.restarts == 4
 
 
