@@ -56,6 +56,16 @@ def no_leaks():
     assert not alive, f"test left child processes alive: {[p.pid for p in alive]}"
 
 
+@pytest.fixture(autouse=True)
+def user_umask():
+    """Every test starts under umask 022, as a user's shell does: an entry point called in-process
+    sets 077 (`cli.owner_only`), and a later test's subprocesses must not inherit it, or a test that
+    files are owner-only could pass without the code that makes them so."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def shm_name(request):
     """A unique segment name prefix for this test."""
