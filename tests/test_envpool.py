@@ -121,7 +121,9 @@ def _actor_rows(backend: str, steps: int) -> dict:
 
     from mp_rl.agent.actor import Actor
 
-    cfg = _cfg(backend, "replay.n_step=1", "env.envs_per_actor=4")
+    # Every env acts at random (epsilon 1): an untrained network's greedy play can balance the pole for
+    # hundreds of steps (about 1 init in 30), and then too few episodes end to test the reset step.
+    cfg = _cfg(backend, "replay.n_step=1", "env.envs_per_actor=4", "actors.eps_base=1.0")
     with tempfile.TemporaryDirectory() as folder:
         shared, p = _shared(cfg, Path(folder))
         try:
