@@ -30,7 +30,7 @@ def titled(run_id: str) -> dict[str, psutil.Process]:
     return found
 
 
-def owner_only(folder) -> list[str]:
+def readable_by_others(folder) -> list[str]:
     """What under `folder` anyone but its owner could read: folders not 0700, files not 0600."""
     wrong = []
     for path in [folder, *folder.rglob("*")]:

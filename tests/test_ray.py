@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from system_helpers import REPO, owner_only, wait_for
+from system_helpers import REPO, readable_by_others, wait_for
 from test_attach_live import ENVS, N_STEP, RUN, rows_by_env
 
 from mp_rl.shm.control import State
@@ -111,7 +111,7 @@ def test_ray_actors_join_write_whole_rows_survive_a_dead_node_and_detach_on_ctrl
         assert sum(len(v) for k, v in envs.items() if k[0] in survivor) == taken - ENVS * (N_STEP - 1)
     rc, _, err = run.stop(timeout=30)
     assert rc == 0, err
-    assert owner_only(run.run_dir) == []  # the ingest's log and the attach's included
+    assert readable_by_others(run.run_dir) == []  # the ingest's log and the attach's included
 
 
 def ctrl_c(proc: subprocess.Popen, timeout: float = 60) -> str:

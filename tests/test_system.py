@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from system_helpers import REPO, owner_only, wait_for
+from system_helpers import REPO, readable_by_others, wait_for
 
 from mp_rl.shm import reaper
 from mp_rl.shm.segment import list_segments
@@ -31,7 +31,7 @@ def test_a_run_titles_its_processes_writes_metrics_and_checkpoints_and_stops_on_
     assert (run.run_dir / "checkpoints" / "final.pt").exists()
     assert not run.members() and run.run_id not in runs_in_shm()
     assert run.metrics()[-1]["updates"] > 0
-    assert owner_only(run.run_dir) == []
+    assert readable_by_others(run.run_dir) == []
 
 
 def test_an_actor_killed_mid_run_is_restarted_and_the_run_goes_on(live):
