@@ -1,6 +1,6 @@
 """Scaling: env steps/s of the running system against actor count, beside the single-process ceiling.
 
-    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N]
+    python -m benchmarks.scaling [--config configs/cartpole.yaml] [--seconds 10] [--max-actors N | --actors 1,8,15]
                                  [--backends gymnasium,envpool] [key=value ...]
 
 For each actor count A (1 ... usable CPUs) the real system runs (supervisor, learner training as fast
@@ -159,7 +159,12 @@ def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         Supervisor(run_plan, run_dir).run()
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steady = [m for m in lines if warmup <= m["time"] <= warmup + seconds and m["env_steps_per_s"] > 0]
+    # The window starts `warmup` seconds after the first env steps, not after the start: spawning many
+    # actors, importing torch and initialising a device take a machine-dependent while.
+    first = next((m["time"] for m in lines if m["env_steps_per_s"] > 0), 0.0)
+    steady = [m for m in lines if first + warmup <= m["time"] <= first + warmup + seconds and m["env_steps_per_s"] > 0]
+    if not steady:
+        raise SystemExit(f"{actors} actor(s): no status line inside the steady window (a slow start? raise --startup)")
     return {
         "env_steps_per_s": float(np.mean([m["env_steps_per_s"] for m in steady])),
         "updates_per_s": float(np.mean([m["updates_per_s"] for m in steady])),
@@ -170,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks.scaling", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/cartpole.yaml")
     ap.add_argument("--seconds", type=float, default=10.0, help="steady-state window per point")
-    ap.add_argument("--warmup", type=float, default=6.0, help="seconds ignored at the start of each run")
+    ap.add_argument("--warmup", type=float, default=6.0, help="seconds ignored after the first env steps of a run")
+    ap.add_argument("--startup", type=float, default=8.0, help="seconds a run may take before its first env steps")
     ap.add_argument("--max-actors", type=int, default=resources.usable_cpus())
+    ap.add_argument("--actors", default=None, help="comma-separated actor counts to measure (default 1 .. max-actors)")
     ap.add_argument("--envs-per-actor", type=int, nargs="+", default=[8, 32], help="one sweep per value")
     ap.add_argument("--repeats", type=int, default=3, help="ceiling + system points, alternated; medians")
     ap.add_argument("--pin", action="store_true", help="also measure with run.pin_cpus (actors and learner pinned)")
@@ -182,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or "bench_out/scaling")
     overrides = [
         f"run.runs_dir={out / 'runs'}", "replay.samples_per_insert=null", "replay.min_fill=1000",
-        f"run.wall_time_s={args.warmup + args.seconds + 1}", "run.total_env_steps=1000000000",
+        f"run.wall_time_s={args.startup + args.warmup + args.seconds + 1}", "run.total_env_steps=1000000000",
         "run.target_return=null", "logging.status_every_s=1", "eval.every_s=100000", "eval.episodes=1",
         "learner.device=cpu", *args.overrides,
     ]  # fmt: skip
     cpus = resources.usable_cpus()
+    counts = [int(a) for a in args.actors.split(",")] if args.actors else range(1, args.max_actors + 1)
     fits = max(1, cpus - 1)  # one CPU is the learner's
     rows, ok, backends = [], True, args.backends.split(",")
     for envs, backend in [(e, b) for e in args.envs_per_actor for b in backends]:
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         pinned = load_config(args.config, [*over, "run.pin_cpus=true"])
         variants = [("", cfg)] + ([(", pinned", pinned)] if args.pin else [])
         singles = []
-        points: dict[tuple, list] = {(a, v): [] for a in range(1, args.max_actors + 1) for v, _ in variants}
+        points: dict[tuple, list] = {(a, v): [] for a in counts for v, _ in variants}
         for _ in range(args.repeats):
             single = single_process_rate(cfg, args.seconds)
             singles.append(single)
