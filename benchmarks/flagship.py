@@ -71,6 +71,30 @@ def med(rows: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
+def gpu_memory() -> int | None:
+    """This machine's GPU memory in bytes (device 0), None without CUDA."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def summary(lines: list[dict], st: list[dict], bytes_per_row: float, skip: int, one_core: float,
+            vram_total: int | None) -> dict:  # fmt: skip
+    """The run's figures from its status lines (`st`: the steady part). The status lines give GPU
+    memory as a share of the device's (`vram_used`, 0..1); GiB need the device's total."""
+    frames = rate(st, "env_steps") * skip
+    actors = med(st, "actors")
+    vram = med(st, "vram_used")
+    return {"frames_per_s": frames, "updates_per_s": rate(st, "updates"), "gpu_util": med(st, "gpu_util"),
+            "vram_share": vram, "vram_used_gib": None if vram is None or not vram_total else vram * vram_total / 2**30,
+            "replay_rows": lines[-1]["replay_size"], "replay_gib": lines[-1]["replay_size"] * bytes_per_row / 2**30,
+            "bytes_per_row": bytes_per_row, "actors": actors, "batch_size": med(st, "batch_size"),
+            "weight_lag": med(st, "weight_lag"), "return_first": lines[0].get("return_mean"),
+            "return_last": lines[-1].get("return_mean"), "one_core_frames_per_s": one_core,
+            "scaling": frames / (actors * one_core) if actors else None,
+            "bottleneck": collections.Counter(m.get("bottleneck") for m in st).most_common(1)[0][0]}  # fmt: skip
+
+
 def plot(path: Path, lines: list[dict]) -> None:
     import matplotlib
 
@@ -91,6 +115,13 @@ def plot(path: Path, lines: list[dict]) -> None:
     plt.close(fig)
 
 
+def vram_text(r: dict) -> str:
+    if r["vram_share"] is None:
+        return "—"
+    gib = "" if r["vram_used_gib"] is None else f"{r['vram_used_gib']:.1f} GiB, "
+    return f"{gib}{r['vram_share']:.1%} of the device"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks.flagship", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/threadripper.yaml")
@@ -107,21 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     lines, st = steady(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     spec = RingSpec.from_json(manifest["segments"]["ring"]["spec"])
-    frames = rate(st, "env_steps") * skip
-    actors = med(st, "actors")
-    r = {"run": str(run_dir), "frames_per_s": frames, "updates_per_s": rate(st, "updates"),
-         "gpu_util": med(st, "gpu_util"), "vram_used_gib": (med(st, "vram_used") or 0) / 2**30 or None,
-         "replay_rows": lines[-1]["replay_size"], "replay_gib": lines[-1]["replay_size"] * spec.bytes_per_row / 2**30,
-         "bytes_per_row": spec.bytes_per_row, "actors": actors, "batch_size": med(st, "batch_size"),
-         "weight_lag": med(st, "weight_lag"), "return_first": lines[0].get("return_mean"),
-         "return_last": lines[-1].get("return_mean"), "one_core_frames_per_s": one_core,
-         "scaling": frames / (actors * one_core) if actors else None,
-         "bottleneck": collections.Counter(m.get("bottleneck") for m in st).most_common(1)[0][0]}  # fmt: skip
+    r = {"run": str(run_dir), **summary(lines, st, spec.bytes_per_row, skip, one_core, gpu_memory())}
+    frames, actors = r["frames_per_s"], r["actors"]
     plot(out / "flagship.png", lines)
     print(f"flagship: {a.config} {' '.join(a.overrides)}, {a.minutes:g} min; steady part = after the first fifth\n")
     rows = [("env frames/s", f"{frames:,.0f}"), ("learner updates/s", f"{r['updates_per_s']:,.1f}"),
             ("GPU utilisation", "—" if r["gpu_util"] is None else f"{r['gpu_util']:.0%}"),
-            ("VRAM used", "—" if r["vram_used_gib"] is None else f"{r['vram_used_gib']:.1f} GiB"),
+            ("VRAM used (all of the GPU's users)", vram_text(r)),
             ("replay", f"{r['replay_rows']:,} rows, {r['replay_gib']:.2f} GiB ({r['bytes_per_row']:,.0f} B a row)"),
             ("actors (monitor)", f"{actors:g}"), ("batch size (monitor)", f"{r['batch_size']:g}"),
             ("weight lag (versions)", f"{r['weight_lag']:g}"), ("bottleneck (monitor, most often)", r["bottleneck"]),

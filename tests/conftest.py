@@ -10,6 +10,7 @@ import tempfile
 
 import psutil
 import pytest
+from helpers import child_processes
 
 from mp_rl.shm.segment import Segment, list_segments
 from mp_rl.testing.ownership import foreign_segments
@@ -27,19 +28,6 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(os.environ.get("XDG_CACHE_HOME", ""), ignore_errors=True)
 
 
-def _children() -> list[psutil.Process]:
-    kids = psutil.Process().children(recursive=True)
-    # multiprocessing's resource tracker lives for the whole session; it is not ours to reap.
-    return [p for p in kids if "resource_tracker" not in " ".join(_cmdline(p))]
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:
-        return []
-
-
 @pytest.fixture(autouse=True)
 def no_leaks():
     before = set(list_segments())
@@ -48,7 +36,7 @@ def no_leaks():
     leaked = sorted(new - foreign_segments(new))  # another session's or a user's run is not this test's
     for name in leaked:
         os.unlink(Segment.path(name))
-    alive = _children()
+    alive = child_processes()
     for p in alive:
         p.kill()
     psutil.wait_procs(alive, timeout=5)

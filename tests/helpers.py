@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from queue import Empty
 
+import psutil
 import pytest
 import torch
 
@@ -14,6 +15,25 @@ _no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUD
 def requires_cuda(test):
     """Marks a test `gpu` (select with -m gpu) and skips it without a CUDA device."""
     return pytest.mark.gpu(_no_cuda(test))
+
+
+# Helpers that live for the whole session and are not a test's to reap: multiprocessing's resource
+# tracker, and torch.compile's pool of compile workers (started by the first compile wherever Triton
+# is installed, so on CUDA machines: there they outlived the test that compiled and were called a leak).
+SESSION_HELPERS = ("resource_tracker", "torch/_inductor/compile_worker")
+
+
+def child_processes() -> list[psutil.Process]:
+    """This process's descendants, less the session's helpers."""
+    kids = psutil.Process().children(recursive=True)
+    return [p for p in kids if not any(h in " ".join(_cmdline(p)) for h in SESSION_HELPERS)]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
 
 
 def join_all(procs, timeout: float) -> None:

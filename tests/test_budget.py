@@ -193,3 +193,14 @@ def test_plan_cli_says_when_a_run_does_not_fit_and_what_would(capsys, monkeypatc
 def test_would_fit_names_nothing_when_no_knob_helps():
     b = _budget(available=1)  # not even one process fits
     assert would_fit(b, point(b.cfg, plan(b.cfg).knobs)) == []
+
+
+def test_a_cuda_learners_vram_counts_two_cublas_workspaces_and_no_publish_buffer():
+    """On CUDA the publish copies the parameters' own flat tensor to the board (no sixth copy), and the
+    forward's thread and autograd's device thread each hold a cuBLAS workspace (32 MiB on Hopper)."""
+    hopper = budget.cublas_workspace(9)
+    b = _budget(gpu="NVIDIA H200", vram=141 * 2**30, cublas_workspace=hopper)
+    cfg, numel = b.cfg, b.net.numel
+    copies = 2 if cfg.learner.prefetch else 1
+    rest = b.activations(64, cfg.learner.amp) + copies * 64 * b.batch_row
+    assert b.learner(64).vram == 5 * 4 * numel + 2 * hopper + rest

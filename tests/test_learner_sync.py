@@ -33,22 +33,48 @@ def _learner(tmp_path, shm_name, device: str, extra: list[str]):
     return Learner(cfg, shared, p.spec, p.knobs.batch_size), shared
 
 
+WINDOW = "mp_rl.profiled_steps"
+
+
 def _profiled_steps(learner, n: int, activities) -> list[str]:
-    """Names of the profiled events of `n` steps, leaving out those inside the optimizer's kernel: on
-    the CPU fused Adam reads its step counter, a host scalar there (on CUDA it lives on the device)."""
+    """Names of the events of `n` profiled steps (see `_inside`)."""
     for _ in range(5):  # warm-up: allocator, lazy inits, the first publish
         assert learner.step(timeout=2.0)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities) as prof, torch.profiler.record_function(WINDOW):
         for _ in range(n):
             assert learner.step(timeout=2.0)
+    return _inside(prof.events())
+
+
+def _inside(events) -> list[str]:
+    """Names of the events that began inside the `WINDOW` range, leaving out those inside the
+    optimizer's kernel (on the CPU fused Adam reads its step counter, a host scalar there; on CUDA it
+    lives on the device). Only the window counts: leaving a profiler on CUDA synchronises the device
+    itself (torch's profiler calls torch.cuda.synchronize() on exit, recorded as cudaDeviceSynchronize)."""
+    (window,) = [e.time_range for e in events if e.name == WINDOW]
     names = []
-    for e in prof.events():
+    for e in events:
+        if not window.start <= e.time_range.start <= window.end or e.name == WINDOW:
+            continue
         parent = e.cpu_parent
         while parent is not None and "adam" not in parent.name:
             parent = parent.cpu_parent
         if parent is None:
             names.append(e.name)
     return names
+
+
+def test_only_what_happens_inside_the_profiled_steps_is_counted():
+    """A host read inside the window is counted; one after it (as the profiler's own device sync on
+    exit is, on CUDA) is not."""
+    x = torch.ones(4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.record_function(WINDOW):
+            x.sum().item()
+        x.sum().item()
+        x.sum().item()
+    names = _inside(prof.events())
+    assert sum(n in HOST_READS for n in names if n == "aten::item") == 1, names
 
 
 @pytest.mark.parametrize("prioritized", [False, True])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,19 +76,35 @@ class Limits:
     cgroup_memory: int | None
     gpu: str | None
     vram: int | None
+    cublas_workspace: int = 0  # one cuBLAS workspace on that GPU (`cublas_workspace`)
 
     @classmethod
     def current(cls, device: str) -> Limits:
         gpu = vram = None
+        workspace = 0
         if device == "cuda":
             p = torch.cuda.get_device_properties(0)
-            gpu, vram = p.name, int(p.total_memory)
+            gpu, vram, workspace = p.name, int(p.total_memory), cublas_workspace(p.major)
         return cls(resources.usable_cpus(), len(os.sched_getaffinity(0)), resources.cgroup_cpu_limit(),
                    psutil.virtual_memory().total, resources.available_memory(), resources.cgroup_memory_limit(),
-                   gpu, vram)  # fmt: skip
+                   gpu, vram, workspace)  # fmt: skip
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def cublas_workspace(major: int, config: str | None = None) -> int:
+    """Bytes of one cuBLAS workspace as torch sizes it: CUBLAS_WORKSPACE_CONFIG (":KiB:count" pairs, summed)
+    or torch's default, 32 MiB from Hopper (compute capability 9) on and 4 MiB x 2 + 16 KiB x 8 before.
+
+    >>> cublas_workspace(9) // 2**20, cublas_workspace(8), cublas_workspace(8, ":4096:8") // 2**20
+    (32, 8519680, 32)
+    """
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG") if config is None else config
+    pairs = re.findall(r":(\d+):(\d+)", config or "")
+    if pairs:
+        return sum(int(kib) * int(count) for kib, count in pairs) * 1024
+    return 4096 * 8 * 1024 if major >= 9 else (4096 * 2 + 16 * 8) * 1024
 
 
 def learner_device(cfg: Config) -> str:
@@ -138,7 +155,7 @@ class Budget:
 
     def learner(self, batch: int) -> Line:
         lc = self.cfg.learner
-        params = 6 * 4 * self.net.numel  # online, target, gradient, Adam m and v, the publish buffer
+        params = 6 * 4 * self.net.numel  # online, target, gradient, Adam m and v, the publish buffer (CPU)
         priorities = 16 * (1 << max(0, (self.ring.capacity_max - 1).bit_length())) if self.cfg.replay.prioritized else 0
         copies = 2 if lc.prefetch else 1
         if self.device == "cpu":
@@ -147,6 +164,10 @@ class Budget:
         # CUDA: pinned batches are allocated (and locked) whole, at the largest batch the monitor may pick.
         base = self.bases.learner_cuda or self.bases.learner
         ram = base + 2 * lc.max_batch_size * self.batch_row + 4 * self.net.numel + priorities
+        # On the device: no publish buffer (the publish copies the parameters' own flat tensor to the
+        # pinned board), but a cuBLAS workspace per thread that multiplies: the update's own, and
+        # autograd's device thread, which runs the backward (torch keeps one per thread and stream).
+        params = 5 * 4 * self.net.numel + 2 * self.limits.cublas_workspace
         vram = params + self.activations(batch, lc.amp) + copies * batch * self.batch_row
         return Line("learner", 1, ram, vram=vram, cpu=1.0, note=f"batch {batch}, cuda")
 
