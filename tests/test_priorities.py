@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mp_rl.agent.priorities import Priorities, SumTree
@@ -126,3 +126,81 @@ def test_the_learner_weights_its_loss_and_updates_priorities(tmp_path, shm_name)
         learner.close()
     finally:
         shared.close()
+
+
+def _in_window(ring, seqs: np.ndarray) -> bool:
+    lo, hi = ring.window()
+    return bool(((seqs >= lo) & (seqs < hi)).all())
+
+
+def test_a_shrunk_window_is_never_sampled_outside_and_live_rows_keep_their_weight(shm_name):
+    """Capacity 4096 -> 128: every row of the batch is in the new window, weighted as a live row."""
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(4096), OPEN)
+    try:
+        w = ring.writer(1)
+        for b in range(4096 // 64):
+            w.write(make_rows(0, 64 * b, 64))
+        pr = Priorities(ring, alpha=0.6, beta0=0.4, beta_steps=100, eps=1e-6)
+        sampler = ring.sampler(64, seed=0, priorities=pr)
+        sampler.sample(64, timeout=1.0)
+        pr.update(np.arange(4096), np.random.default_rng(0).uniform(0.5, 2.0, 4096))
+        ring.capacity = 128
+        batch = sampler.sample(64, timeout=1.0)
+        seqs, weight = batch["seq"].numpy(), batch["weight"].numpy()
+        assert _in_window(ring, seqs), f"{int((seqs < ring.window()[0]).sum())} of 64 rows outside the window"
+        assert weight.min() > 0.1, weight.min()  # priorities within 4x of each other: no weight near 0
+    finally:
+        ring.destroy()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["write", "capacity", "sample"]), st.integers(1, 40)), max_size=40))
+def test_prioritized_draws_stay_inside_the_window_as_it_moves(shm_name, ops):
+    """Steady writing with capacity < capacity_max, shrinks and growths, priorities moving: every
+    batch lies in [cursor - capacity, cursor) at the moment it is drawn."""
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(2048), OPEN, capacity=512)
+    try:
+        w, k, rng = ring.writer(1), 0, np.random.default_rng(1)
+        pr = Priorities(ring, alpha=0.6, beta0=0.4, beta_steps=100, eps=1e-6)
+        sampler = ring.sampler(64, seed=1, priorities=pr)
+        for _ in range(8):
+            w.write(make_rows(0, k, 64))
+            k += 64
+        for op, n in ops:
+            if op == "write":
+                for _ in range(n % 5):
+                    w.write(make_rows(0, k, 64))
+                    k += 64
+            elif op == "capacity":
+                ring.capacity = 64 * n
+            else:
+                batch = sampler.sample(16 + n, timeout=1.0)
+                seqs = batch["seq"].numpy()
+                assert _in_window(ring, seqs), (ring.window(), sorted(seqs)[:5])
+                assert (ring.stamps[seqs % 2048] == seqs + 1).all()
+                pr.update(seqs, rng.uniform(0, 3, len(seqs)))
+    finally:
+        ring.destroy()
+
+
+def test_importance_weights_match_a_hand_computed_case(shm_name):
+    """128 live rows, half at priority 1 and half at 3 (alpha 1, beta 1): P = 1/256 and 3/256, N*P =
+    0.5 and 1.5, so (N*P)^-1 = 2 and 2/3, normalised by the largest: 1 and 1/3."""
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(1024), OPEN, capacity=128)
+    try:
+        w = ring.writer(1)
+        for b in range(4):  # seqs 0..255; the window is the last 128
+            w.write(make_rows(0, 64 * b, 64))
+        pr = Priorities(ring, alpha=1.0, beta0=1.0, beta_steps=1, eps=0.0)
+        sampler = ring.sampler(64, seed=4, priorities=pr)
+        sampler.sample(8, timeout=1.0)
+        live = np.arange(128, 256)
+        pr.update(live, np.where(live % 2 == 0, 1.0, 3.0))
+        for _ in range(10):
+            batch = sampler.sample(64, timeout=1.0)
+            seqs, weight = batch["seq"].numpy(), batch["weight"].numpy()
+            assert _in_window(ring, seqs)
+            want = np.where(seqs % 2 == 0, 2.0, 2.0 / 3.0)
+            assert weight == pytest.approx(want / want.max())
+    finally:
+        ring.destroy()

@@ -69,7 +69,12 @@ class SumTree:
 
 
 class Priorities:
-    """Per-slot priorities of one ring, with the seq each belongs to. Thread-safe (prefetch and learner)."""
+    """Per-slot priorities of one ring, with the seq each belongs to. Thread-safe (prefetch and learner).
+
+    Invariant at every draw: a leaf holds mass only for a seq inside the live window `[lo, hi)` the
+    draw was asked for. Rows that left the window (it moved on, or shrank) are zeroed before the
+    descent, so the tree's probabilities are those of live rows and a draw never serves another.
+    """
 
     def __init__(self, ring: ReplayRing, alpha: float, beta0: float, beta_steps: int, eps: float):
         self.ring, self.alpha, self.beta0, self.beta_steps, self.eps = ring, alpha, beta0, beta_steps, eps
@@ -79,6 +84,8 @@ class Priorities:
         self.max_priority = 1.0  # before alpha
         self.pending = np.zeros(0, dtype=np.int64)  # seqs reserved but not stamped at the last look
         self.synced = 0  # every seq below this has been looked at
+        self.low = 0  # the window's lower bound at the last draw: no leaf holds a seq below it
+        self.live = 1  # rows in the window at the last draw (N in the importance weights)
         self.lock = threading.Lock()
         self.updates = 0
 
@@ -86,32 +93,47 @@ class Priorities:
         return min(1.0, self.beta0 + (1.0 - self.beta0) * self.updates / max(1, self.beta_steps))
 
     def _sync(self, lo: int, hi: int) -> None:
-        """Give rows stamped since the last look the maximum priority; void what fell out of the window."""
+        """Move the window to [lo, hi): zero the leaves of rows that left it, give the rows stamped
+        since the last look (and rows a grown window took back) the maximum priority."""
         cap = self.ring.spec.capacity_max
+        if lo > self.low:
+            gone = np.arange(cap) if lo - self.low >= cap else np.arange(self.low, lo) % cap
+            gone = gone[(self.seqs[gone] >= 0) & (self.seqs[gone] < lo)]
+            self.tree.set(gone, np.zeros(len(gone)))
+            self.seqs[gone] = -1
+        back = np.arange(lo, min(self.low, self.synced), dtype=np.int64)  # a grown capacity: [lo, old lo)
+        self.low = lo
         fresh = np.arange(max(self.synced, lo), hi, dtype=np.int64)
-        look = np.concatenate([self.pending[self.pending >= lo], fresh])
+        look = np.concatenate([back, self.pending[self.pending >= lo], fresh])
         stamped = self.ring.stamps[look % cap] == look + 1
         new = look[stamped]
-        self.pending = look[~stamped]
+        wait = ~stamped
+        wait[: len(back)] = False  # an old row without its stamp was voided or trimmed: it never comes
+        self.pending = look[wait]
         self.synced = max(self.synced, hi)
         if len(new):
             slots = new % cap
             self.seqs[slots] = new
             self.tree.set(slots, np.full(len(new), self.max_priority**self.alpha))
 
-    def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        """`n` seqs in [lo, hi) drawn by priority (stratified); uniform while no priority is known."""
+    def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`n` seqs in [lo, hi) drawn by priority (stratified), and the probability each was drawn with.
+        Uniform while no priority is known."""
         with self.lock:
             self._sync(lo, hi)
+            self.live = hi - lo
             total = self.tree.total
             if total <= 0:
-                return rng.integers(lo, hi, size=n)
+                return rng.integers(lo, hi, size=n), np.full(n, 1.0 / (hi - lo))
             mass = (np.arange(n) + rng.random(n)) * (total / n)
-            seqs = self.seqs[self.tree.find(mass)]
-            stale = (seqs < lo) | (seqs >= hi)
-            if stale.any():  # out of the live window: void, so the sampler's redraw finds live rows
-                self._void(seqs[stale])
-            return seqs
+            slots = self.tree.find(mass)
+            seqs, probs = self.seqs[slots], self.tree.get(slots) / total
+            # Rounding in the descent can end on an empty leaf (seq -1): such a row is drawn uniformly.
+            empty = seqs < lo
+            if empty.any():
+                seqs[empty] = rng.integers(lo, hi, size=int(empty.sum()))
+                probs[empty] = 1.0 / (hi - lo)
+            return seqs, probs
 
     def _void(self, seqs: np.ndarray) -> None:
         slots = seqs % self.ring.spec.capacity_max
@@ -124,16 +146,16 @@ class Priorities:
         with self.lock:
             self._void(np.asarray(seqs, dtype=np.int64))
 
-    def weights(self, seqs: np.ndarray) -> np.ndarray:
-        """Importance-sampling weights for drawn seqs, largest 1."""
+    def weights(self, probs: np.ndarray) -> np.ndarray:
+        """Importance-sampling weights (N * P(i))^-beta from the probabilities the rows were drawn
+        with (N: the rows in the window then), normalised by the largest."""
         with self.lock:
-            p = self.tree.get(seqs % self.ring.spec.capacity_max) / max(self.tree.total, 1e-12)
-            n = max(1, self.ring.size())
-            w = (n * np.maximum(p, 1e-12)) ** -self.beta()
-            return (w / w.max()).astype(np.float32)
+            w = (self.live * np.maximum(probs, 1e-12)) ** -self.beta()
+        return (w / w.max()).astype(np.float32)
 
     def update(self, seqs: np.ndarray, td_errors: np.ndarray) -> None:
-        """New priorities from a batch's TD errors; a row overwritten since it was drawn keeps its own."""
+        """New priorities from a batch's TD errors; a row overwritten since it was drawn keeps its own,
+        and a row that left the window since is zeroed at the next draw."""
         with self.lock:
             self.updates += 1
             slots = seqs % self.ring.spec.capacity_max

@@ -29,9 +29,9 @@ if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs i
 class Prioritized(Protocol):
     """How a prioritized sampler draws (the learner's `agent.priorities.Priorities`)."""
 
-    def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray: ...
+    def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
     def void(self, seqs: np.ndarray) -> None: ...
-    def weights(self, seqs: np.ndarray) -> np.ndarray: ...
+    def weights(self, probs: np.ndarray) -> np.ndarray: ...
 
 
 _DRAW_TRIES = 64
@@ -63,6 +63,7 @@ class RingSampler:
         if self.frames is not None:
             self._dest["pos"] = self.frames.pos
         self.seqs = np.empty(max_batch, dtype=np.int64)
+        self.probs = np.empty(max_batch, dtype=np.float64)  # prioritized: the probability each row was drawn with
         self.rng = np.random.default_rng(seed)
         self.redraws = 0
 
@@ -88,7 +89,7 @@ class RingSampler:
         r.add("samples", batch)
         r.insert_wakeup.notify()
         if self.priorities is not None:
-            self._out_np["weight"][:batch] = self.priorities.weights(self.seqs[:batch])
+            self._out_np["weight"][:batch] = self.priorities.weights(self.probs[:batch])
             self._out_np["seq"][:batch] = self.seqs[:batch]
         return {name: t[:batch] for name, t in self.out.items()}
 
@@ -103,7 +104,7 @@ class RingSampler:
             if self.priorities is None:
                 self.seqs[todo] = self.rng.integers(lo, hi, size=len(todo))
             else:
-                self.seqs[todo] = self.priorities.draw(lo, hi, len(todo), self.rng)
+                self.seqs[todo], self.probs[todo] = self.priorities.draw(lo, hi, len(todo), self.rng)
             todo = todo[r.stamps[self.seqs[todo] % cap_max] != self.seqs[todo] + 1]
             if len(todo) == 0:
                 return True
