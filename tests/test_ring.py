@@ -169,3 +169,41 @@ def test_a_block_being_written_is_never_served(shm_name):
         assert (s.seqs[:64] >= 1024).any()  # once stamped, the block is served
     finally:
         ring.destroy()
+
+
+def _trim_and_hang(entry: dict, token: int, inside) -> None:
+    """A writer whose trim hangs while it releases memory (a large MADV_REMOVE taking long)."""
+    ring = ReplayRing.from_manifest(entry)
+
+    def hang(offset: int, nbytes: int) -> None:
+        inside.set()
+        time.sleep(120)
+
+    ring.segment.release = hang
+    w, k = ring.writer(token), 0
+    while True:
+        w.write(make_rows(token, k, 64))
+        k += 64
+
+
+def test_a_writer_killed_while_trimming_leaves_no_lease_held(shm_name, spawn):
+    """The chunk's leases a trim holds belong to the trimmer, so voiding the dead member frees them:
+    no block stays leased, later writes are not voided and later trims release memory."""
+    ring = ReplayRing.create(shm_name("ring"), checked_spec(8192), OPEN, capacity=2048)
+    try:
+        inside = spawn.Event()
+        p = spawn.Process(target=_trim_and_hang, args=(ring.describe(), 5, inside), daemon=True)
+        p.start()
+        assert inside.wait(60), "the writer never trimmed"
+        p.kill()
+        p.join(10)
+        ring.void_member(5)
+        assert int((ring.leases != 0).sum()) == 0, f"leases still held: {sorted(set(ring.leases[ring.leases != 0]))}"
+        voided, trims = ring.counts()["voided"], ring.counts()["trims"]
+        w = ring.writer(1)
+        for b in range(3 * 8192 // 64):  # three laps of the whole ring
+            w.write(make_rows(1, 64 * b, 64))
+        assert ring.counts()["voided"] == voided
+        assert ring.counts()["trims"] > trims and ring.trim_mark >= ring.cursor - 2048 - ring.chunk - 8192 // 8
+    finally:
+        ring.destroy()

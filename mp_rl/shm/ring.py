@@ -37,7 +37,7 @@ __all__ = ["FieldSpec", "ReplayRing", "RingClosed", "RingSampler", "RingSpec", "
 
 _WINDOW = ("capacity", "trim", "closed", "trimmer")  # words of the `window` array
 
-TRIM_TOKEN = -1  # the lease value of a block being released
+TRIM_TOKEN = -1  # the token of a trim by a process that writes no rows (the supervisor's capacity moves)
 _TALLIES = ("voided", "padding", "trims")  # rows voided, padding rows of partial blocks, trims done
 
 
@@ -202,7 +202,7 @@ class ReplayRing:
                 return 0
             released, mark = 0, new
             for seq0 in ringmath.chunks_to_release(old, new, cursor, self.spec.capacity_max, self.chunk):
-                done = self._release_chunk(seq0, new)
+                done = self._release_chunk(seq0, new, token)
                 if done is None:  # a writer is inside: come back to this chunk
                     mark = seq0
                     break
@@ -213,15 +213,18 @@ class ReplayRing:
         finally:
             atomics.store(self._trimmer_addr, 0)
 
-    def _release_chunk(self, seq0: int, limit: int) -> int | None:
-        """Rows released; 0 when the slots already hold newer rows; None when a lease was busy."""
+    def _release_chunk(self, seq0: int, limit: int, token: int) -> int | None:
+        """Rows released; 0 when the slots already hold newer rows; None when a lease was busy.
+
+        The chunk's leases are taken with the trimmer's own token: a writer killed inside a long
+        release leaves them under its token, and voiding the dead member frees them with the rest."""
         slot0 = ringmath.slot_of(seq0, self.spec.capacity_max)
         block = self.spec.block
         first, nblocks = slot0 // block, self.chunk // block
         claimed = 0
         try:
             for b in range(first, first + nblocks):
-                if not self._take_lease(b, TRIM_TOKEN):
+                if not self._take_lease(b, token):
                     return None
                 claimed += 1
             # With every lease held no writer is inside; a stamp above `limit` is a fresh row.
