@@ -207,3 +207,23 @@ def test_a_writer_killed_while_trimming_leaves_no_lease_held(shm_name, spawn):
         assert ring.counts()["trims"] > trims and ring.trim_mark >= ring.cursor - 2048 - ring.chunk - 8192 // 8
     finally:
         ring.destroy()
+
+
+def test_a_write_that_raises_leaves_no_lease_and_no_row(ring):
+    """A field of the wrong shape is refused before anything is reserved; a copy that fails anyway
+    (a value numpy cannot store) drops its lease and counts its rows as voided."""
+    w = ring.writer(1)
+    wide = make_rows(0, 0, 64)
+    wide["obs"] = np.zeros((64, 5), np.float32)
+    with pytest.raises(ValueError) as e:
+        w.write(wide)
+    assert int((ring.leases != 0).sum()) == 0 and ring.cursor == 0
+    assert "'obs'" in str(e.value)
+    bad = make_rows(0, 0, 64)
+    bad["obs"] = np.full((64, 4), "x", dtype=object)
+    with pytest.raises((TypeError, ValueError)):
+        w.write(bad)
+    assert int((ring.leases != 0).sum()) == 0 and ring.counts()["voided"] == 64
+    assert w.write(make_rows(0, 64, 64)) and ring.counts()["inserts"] == 64
+    s = ring.sampler(64, seed=0)
+    assert check_rows(s.sample(64, timeout=1.0)).all()

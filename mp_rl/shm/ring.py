@@ -253,6 +253,17 @@ class RingWriter:
         self.block = ring.spec.block
         self.last_seq = -1
 
+    def _check_shapes(self, rows: Mapping[str, np.ndarray], n: int, frames: np.ndarray | None) -> None:
+        spec = self.ring.spec
+        for f in spec.fields:
+            got = np.shape(rows[f.name])
+            if got != (n, *f.shape):
+                raise ValueError(
+                    f"field {f.name!r}: rows of shape {got}, the ring stores ({n}, {', '.join(map(str, f.shape))})"
+                )
+        if frames is not None and tuple(frames.shape[1:]) != tuple(spec.frames.shape):
+            raise ValueError(f"frames of shape {tuple(frames.shape[1:])}, the ring stores {tuple(spec.frames.shape)}")
+
     def _may_insert(self, n: int) -> bool:
         r = self.ring
         return r.closed or r.limit.can_insert(r.inserts, r.samples, n)
@@ -272,6 +283,7 @@ class RingWriter:
             raise ValueError(f"a write takes 1..{self.block} rows, got {n}")
         if (frames is None) != (r.frames is None) or (frames is not None and len(frames) > r.spec.frames.area):
             raise ValueError("frame rows need their block's frames (at most one area), other rows none")
+        self._check_shapes(rows, n, frames)  # before the lease: a copy that raised would keep it
         if not r.insert_wakeup.wait_for(lambda: self._may_insert(n), 3600.0 if timeout is None else timeout):
             return False
         if r.closed:
@@ -287,14 +299,20 @@ class RingWriter:
         stamps = r.stamps[slot : slot + self.block]
         stamps[:] = 0  # the old rows die before the new bytes land
         atomics.fence(atomics.RELEASE)  # the zeroed stamps are visible before any new byte
-        for name, dst in r.fields.items():
-            dst[slot : slot + n] = rows[name]
-        if frames is not None:  # the block's own area: only rows of this block ever read it
-            area = r.spec.frames.area
-            r.frames[lease * area : lease * area + len(frames)] = frames
-        atomics.fence(atomics.RELEASE)  # every byte of the rows is visible before its stamp
-        stamps[:n] = np.arange(seq + 1, seq + n + 1)
-        r._drop_lease(lease)
+        try:
+            for name, dst in r.fields.items():
+                dst[slot : slot + n] = rows[name]
+            if frames is not None:  # the block's own area: only rows of this block ever read it
+                area = r.spec.frames.area
+                r.frames[lease * area : lease * area + len(frames)] = frames
+            atomics.fence(atomics.RELEASE)  # every byte of the rows is visible before its stamp
+            stamps[:n] = np.arange(seq + 1, seq + n + 1)
+        except BaseException:  # e.g. a value numpy cannot cast: the block stays unstamped, the lease goes
+            r.tally("voided", n)
+            r.tally("padding", self.block - n)
+            raise
+        finally:
+            r._drop_lease(lease)
         r.add("inserts", n)
         if n < self.block:
             r.tally("padding", self.block - n)
