@@ -51,16 +51,16 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
         manifest = None  # no manifest (or a damaged one): a run that never got going; its checkpoint decides
     if manifest is not None and owner_alive(manifest):
         raise StartError(f"--resume {run_dir}: that run is still live")
-    ckpt = checkpoint.latest(run_dir)
-    if ckpt is None:
+    found = checkpoint.newest(run_dir)
+    if found is None:
         raise StartError(f"--resume {run_dir}: no checkpoint to resume from")
-    try:
-        state = checkpoint.load(ckpt)
-        if not isinstance(state, dict) or not isinstance(state.get("counters"), dict) or "model" not in state:
-            raise ValueError("not an mp_rl checkpoint")
-    except Exception as exc:  # torch raises many kinds on a damaged file; every one is bad input here
-        why = f"{type(exc).__name__}: {str(exc)[:100]}"
-        raise StartError(f"--resume {run_dir}: checkpoint {ckpt.name} cannot be read, damaged? ({why})") from None
+    ckpt, state, damaged = found
+    if ckpt is None:
+        path, why = damaged[0]
+        raise StartError(f"--resume {run_dir}: checkpoint {path.name} cannot be read, damaged? ({why})")
+    for path, why in damaged:  # said once, on one line each; the good older checkpoint is used
+        print(f"mp_rl.run: --resume: checkpoint {path.name} cannot be read ({why}); using {ckpt.name}",
+              file=sys.stderr)  # fmt: skip
     return run_dir / "config.yaml", ckpt, state
 
 

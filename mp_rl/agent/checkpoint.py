@@ -21,11 +21,47 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: `final.pt`, else the newest periodic one."""
+class Damaged(ValueError):
+    """A checkpoint that cannot be read, or is not one of mp_rl's."""
+
+
+def load_valid(path: Path) -> dict:
+    """`load`, and check the file is an mp_rl checkpoint; `Damaged` (with why) otherwise."""
+    try:
+        state = load(path)
+        if not isinstance(state, dict) or not isinstance(state.get("counters"), dict) or "model" not in state:
+            raise ValueError("not an mp_rl checkpoint")
+        return state
+    except Exception as exc:  # torch raises many kinds on a damaged file: each one means "damaged"
+        raise Damaged(f"{type(exc).__name__}: {str(exc)[:100]}") from None
+
+
+def newest(run_dir: Path) -> tuple[Path, dict, list[tuple[Path, str]]] | None:
+    """The most trained readable checkpoint of a run folder: (path, its contents, the damaged ones
+    passed over on the way, with why); None when there is no checkpoint at all.
+
+    Most trained is the highest update count, the order in which a run (and every resume of it,
+    which continues the count) writes them: periodic ones carry it in their name, `final.pt` inside.
+    A final.pt from an earlier session is older than periodic checkpoints a later, killed, session
+    wrote, and an empty or damaged newest file gives way to the next one down.
+    """
     folder = Path(run_dir) / "checkpoints"
-    final = folder / "final.pt"
-    if final.exists():
-        return final
-    periodic = sorted(folder.glob("update-*.pt"), key=lambda p: p.stat().st_mtime)
-    return periodic[-1] if periodic else None
+    periodic = sorted(folder.glob("update-*.pt"), reverse=True)  # zero-padded: by name is by count
+    damaged: list[tuple[Path, str]] = []
+    final = final_state = None
+    if (folder / "final.pt").exists():
+        try:
+            final, final_state = folder / "final.pt", load_valid(folder / "final.pt")
+        except Damaged as exc:
+            damaged.append((folder / "final.pt", str(exc)))
+    for path in periodic:
+        count = int(path.stem.split("-")[1])
+        if final_state is not None and int(final_state["counters"].get("updates", 0)) >= count:
+            break  # final.pt is at least as trained
+        try:
+            return path, load_valid(path), damaged
+        except Damaged as exc:
+            damaged.append((path, str(exc)))
+    if final is not None:
+        return final, final_state, damaged
+    return (None, None, damaged) if damaged else None
