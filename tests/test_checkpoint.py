@@ -48,7 +48,7 @@ def test_a_damaged_newest_checkpoint_gives_way_to_a_good_older_one_in_one_line(t
 
 def test_only_damaged_checkpoints_refuse_the_resume(tmp_path):
     folder = _run_folder(tmp_path, final=None)
-    with pytest.raises(run.StartError, match="checkpoint final.pt cannot be read"):
+    with pytest.raises(run.StartError, match=r"checkpoint final\.pt cannot be read"):
         run.resume_source(folder)
 
 
