@@ -3,7 +3,9 @@
 Everything lives under `$XDG_CACHE_HOME/mp_rl` (default `~/.cache/mp_rl`), one file per entry, named by a
 hash of everything that could change the answer (as Triton keys its autotuner's disk cache): a new GPU
 driver, a torch upgrade or another env is a different file, never a stale answer. A user may read or
-delete any of it; a damaged entry is ignored and measured again.
+delete any of it. An entry is trusted no further than the config is: one that is not the user's own file,
+that others may write, that is not JSON, or that its kind's schema refuses (a pydantic model, strict as
+the config's) is ignored with one logged line and measured again; what is applied is clamped by its user.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
 import psutil
+from pydantic import BaseModel, ValidationError
 
 from mp_rl.start import resources
+
+log = logging.getLogger("mp_rl.cache")
 
 LIBRARIES = ("torch", "numpy", "gymnasium", "ale-py", "envpool", "minatar", "mp_rl")
 
@@ -86,13 +92,32 @@ def path(kind: str, digest: str) -> Path:
     return cache_dir() / f"{kind}-{digest}.json"
 
 
-def load(kind: str, digest: str) -> dict | None:
-    """The cached entry, or None when there is none or it cannot be read."""
+def load(kind: str, digest: str, schema: type[BaseModel] | None = None) -> dict | None:
+    """The cached entry, or None: when there is none, or when it cannot be trusted (one logged line)."""
+    p = path(kind, digest)
     try:
-        data = json.loads(path(kind, digest).read_text())
-    except (OSError, ValueError):
+        st = p.stat()
+    except OSError:
         return None
-    return data if isinstance(data, dict) else None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        who = "not this user's own" if st.st_uid != os.getuid() else "writable by others"
+        log.warning("cache entry %s ignored: the file is %s", p, who)
+        return None
+    try:
+        data = json.loads(p.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if schema is not None:
+            schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        log.warning("cache entry %s ignored (measured again): %s: %s", p, where, err["msg"])
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cache entry %s ignored (measured again): %s", p, exc)
+        return None
+    return data
 
 
 def save(kind: str, digest: str, data: dict) -> Path | None:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mp_rl.start import cache
@@ -58,6 +59,19 @@ class Bases:
     actor: int  # imported, plus inference with one torch thread
     learner: int  # imported, plus backward and a fused Adam step on the default threads
     learner_cuda: int | None = None  # the same on CUDA: the CUDA context's host memory included
+    measured: bool = True
+
+
+class CachedBases(BaseModel):
+    """A footprint entry as the cache holds it: positive byte counts (a negative one would switch
+    preflight's memory check off)."""
+
+    model_config = ConfigDict(strict=True)
+    bare: int = Field(gt=0)
+    imported: int = Field(gt=0)
+    actor: int = Field(gt=0)
+    learner: int = Field(gt=0)
+    learner_cuda: int | None = Field(default=None, gt=0)
     measured: bool = True
 
 
@@ -111,12 +125,9 @@ def _key() -> str:
 def bases(timeout: float = 120.0) -> Bases:
     """The roles' base footprints: cached, else measured in a child (a few seconds, once per machine)."""
     digest = _key()
-    hit = cache.load("footprint", digest)
+    hit = cache.load("footprint", digest, CachedBases)
     if hit is not None:
-        try:
-            return Bases(**hit)
-        except TypeError:
-            pass  # an entry from another layout: measure again
+        return Bases(**hit)
     try:
         done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
                               timeout=timeout, check=True)  # fmt: skip

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from mp_rl.agent.envs import EnvSpec, make_vector_env
 from mp_rl.agent.models import build_q_network, choose
@@ -113,6 +114,14 @@ def step_seconds(net: torch.nn.Module, obs_shape, obs_dtype: str, batch: int, de
     return statistics.median(times)
 
 
+class CachedStepCost(BaseModel):
+    """A step-cost entry: a >= 0 and b > 0 seconds (the sizing rule divides by b)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    a: float = Field(ge=0)
+    b: float = Field(gt=0)
+
+
 def step_cost(cfg: Config, spec: EnvSpec, batch: int, device: str, threads: int) -> tuple[float, float]:
     """(a, b): a training step takes a + b x MACs x batch seconds here; two ladder rungs timed, cached."""
     ladder = MLP_LADDER if choose(spec.obs_shape, cfg.learner.network) == "mlp" else CNN_LADDER
@@ -120,7 +129,7 @@ def step_cost(cfg: Config, spec: EnvSpec, batch: int, device: str, threads: int)
     lc = cfg.learner
     digest = cache.key("stepcost", cache.fingerprint(), cache.versions(), device, threads, batch,
                        dataclasses.asdict(spec), lc.network, lc.dueling, lc.algo, small, large)  # fmt: skip
-    if (hit := cache.load("stepcost", digest)) is not None:
+    if (hit := cache.load("stepcost", digest, CachedStepCost)) is not None:
         return hit["a"], hit["b"]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

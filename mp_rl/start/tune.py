@@ -20,6 +20,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from mp_rl.config import Config
 from mp_rl.start import cache
 from mp_rl.start.budget import Budget, Point
@@ -64,6 +66,33 @@ class Space:
             return tuple(sorted(values))
 
         return cls(envs, ladder(knobs.actors), ladder(knobs.batch_size))
+
+    def clamp(self, p: Point, start: Point) -> Point:
+        """`p` within the search's bounds; the capacity is the plan's (the tuner never moves it)."""
+
+        def within(v: int, values: tuple[int, ...]) -> int:
+            return min(max(v, min(values)), max(values))
+
+        return Point(within(p.actors, self.actors), within(p.envs_per_actor, self.envs), within(p.batch, self.batch),
+                     start.capacity)  # fmt: skip
+
+
+class CachedPoint(BaseModel):
+    """A point as the cache records it: whole, positive numbers (a negative capacity fits any budget)."""
+
+    model_config = ConfigDict(strict=True)
+    actors: int = Field(ge=1)
+    envs_per_actor: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    capacity: int = Field(ge=1)
+
+
+class CachedTune(BaseModel):
+    """An autotune entry (`Tuner.result`): the point and its rate are what a start relies on."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    point: CachedPoint
+    rate: float = Field(gt=0)
 
 
 @dataclass
@@ -242,10 +271,10 @@ def for_run(plan, control, ready, retune: bool = False, timing: Timing = Timing(
 
     space = Space.of(plan.cfg, plan.knobs)
     key = cache_key(plan.cfg, plan.spec, plan.budget, space)
-    cached = None if retune else cache.load("autotune", key)
-    try:
-        if cached is not None and (plan.budget.problems(Point(**cached["point"])) or float(cached["rate"]) <= 0):
+    start = point(plan.cfg, plan.knobs)
+    cached = None if retune else cache.load("autotune", key, CachedTune)
+    if cached is not None:  # what is applied stays within this plan's bounds, and must fit
+        cached = {**cached, "point": dataclasses.asdict(space.clamp(Point(**cached["point"]), start))}
+        if plan.budget.problems(Point(**cached["point"])):
             cached = None
-    except (KeyError, TypeError, ValueError):  # an entry someone edited: search again
-        cached = None
-    return Tuner(plan.cfg, plan.budget, space, point(plan.cfg, plan.knobs), control, ready, key, cached, timing)
+    return Tuner(plan.cfg, plan.budget, space, start, control, ready, key, cached, timing)
