@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from mp_rl.agent.models import q_network
 from mp_rl.cli import config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
+from mp_rl.shm.segment import SegmentError
 from mp_rl.start.preflight import StartError, new_run_dir, plan
 
 
@@ -58,10 +61,26 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
     if ckpt is None:
         path, why = damaged[0]
         raise StartError(f"--resume {run_dir}: checkpoint {path.name} cannot be read, damaged? ({why})")
+    writable(run_dir)
     for path, why in damaged:  # said once, on one line each; the good older checkpoint is used
         print(f"mp_rl.run: --resume: checkpoint {path.name} cannot be read ({why}); using {ckpt.name}",
               file=sys.stderr)  # fmt: skip
     return run_dir / "config.yaml", ckpt, state
+
+
+def writable(run_dir: Path) -> None:
+    """StartError unless a resumed run can write where it will (its logs, its checkpoints), checked by
+    trying, since permission bits do not bind root and a read-only mount binds everyone; leaves nothing."""
+    tries = [(run_dir / sub, lambda p: tempfile.TemporaryFile(dir=p).close()) for sub in ("logs", "checkpoints")]
+    log = run_dir / "logs" / "supervisor.log"
+    if log.exists() or log.is_symlink():
+        tries.append((log, lambda p: open(p, "a").close()))
+    for path, attempt in tries:
+        try:
+            attempt(path)
+        except OSError as exc:
+            raise StartError(f"--resume {run_dir}: cannot write {path.relative_to(run_dir)} "
+                             f"({exc.strerror or type(exc).__name__})") from None  # fmt: skip
 
 
 def fits_network(run_plan, state: dict, ckpt: Path) -> None:
@@ -100,16 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     counters = state["counters"] if state else None
-    if cfg.run.serial:
+    try:
+        return start(run_plan, run_dir, ckpt, state, counters, args.retune)
+    except SegmentError as exc:  # the shared memory could not be made: nothing was started
+        if not args.resume:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder holds only what this start wrote
+        return fail("mp_rl.run", exc)
+
+
+def start(run_plan, run_dir: Path, ckpt: Path | None, state: dict | None, counters: dict | None, retune: bool) -> int:
+    """Serial mode in this process, or the supervisor and its processes."""
+    if run_plan.cfg.run.serial:
         from mp_rl.system.serial import SerialRun
 
         with SerialRun(run_plan, run_dir, counters, resume=state) as run:
-            run.train(cfg.run.wall_time_s or float("inf"))
+            run.train(run_plan.cfg.run.wall_time_s or float("inf"))
             run.finish()
         return 0
     from mp_rl.system.supervisor import Supervisor
 
-    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters, retune=args.retune).run()
+    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters, retune=retune).run()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import drain, join_all
 
-from mp_rl.shm import AttachError, RateLimit, Segment, SharedRun, list_segments
+from mp_rl.shm import AttachError, RateLimit, Segment, SharedRun, list_segments, manifest
 from mp_rl.shm.manifest import segment_name
 from mp_rl.testing import attached_actor_proc, check_rows, checked_spec
 
@@ -84,15 +84,34 @@ def test_attach_errors_are_one_clear_line(tmp_path, run):
         SharedRun.attach(other)
 
 
-def test_a_failed_create_leaves_nothing_behind(tmp_path, shm_name):
+def test_a_failed_create_leaves_nothing_behind(tmp_path, shm_name, monkeypatch):
     run_id = shm_name("x").split(".")[1]
-    squatter = Segment.create(segment_name(run_id, "ring"), 4096)  # the second segment cannot be made
+    monkeypatch.setattr(manifest, "_tag", lambda: "t")  # the same name at every try
+    squatter = Segment.create(segment_name(f"{run_id}-t", "ring"), 4096)  # the second segment cannot be made
     try:
         before = set(list_segments())
         with pytest.raises(Exception, match="already exists"):
             SharedRun.create(tmp_path, run_id, checked_spec(4096), RateLimit(None, 1, 0, 64, 64), 10, 4)
         assert set(list_segments()) == before  # the control block it had made is gone again
         assert not (tmp_path / "manifest.json").exists()
+    finally:
+        squatter.close()
+        squatter.unlink()
+
+
+def test_a_name_someone_took_costs_a_retry_under_another_random_part(tmp_path, shm_name, monkeypatch):
+    run_id = shm_name("x").split(".")[1]
+    tags = iter(["first", "second"])
+    monkeypatch.setattr(manifest, "_tag", lambda: next(tags))
+    squatter = Segment.create(segment_name(f"{run_id}-first", "control"), 4096)  # another user got there first
+    try:
+        run = SharedRun.create(tmp_path, run_id, checked_spec(4096), RateLimit(None, 1, 0, 64, 64), 10, 4)
+        try:
+            names = json.loads((tmp_path / "manifest.json").read_text())["segments"]
+            assert names["control"]["segment"] == segment_name(f"{run_id}-second", "control")
+            assert SharedRun.attach(tmp_path).ring.segment.name == segment_name(f"{run_id}-second", "ring")
+        finally:
+            run.close()
     finally:
         squatter.close()
         squatter.unlink()

@@ -159,3 +159,30 @@ def test_random_overrides_are_accepted_or_one_line_and_exit_2(tmp_path, override
     if rc == 2:
         assert len(err.strip().splitlines()) == 1 and len(err) < 600, err[:1000]
     assert not (tmp_path / "runs").exists() and not os.listdir(tmp_path)
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_on_resume(tmp_path):
+    from mp_rl.agent import checkpoint
+    from mp_rl.agent.models import q_network
+    from mp_rl.config import load_config
+    from mp_rl.start.preflight import plan
+
+    folder = run_folder(tmp_path)
+    p = plan(load_config(SMOKE))
+    model = q_network(p.spec, p.cfg.learner).state_dict()  # a checkpoint this config can resume from
+    checkpoint.save(folder / "checkpoints" / "final.pt", {"model": model, "counters": {"updates": 1}})
+    (folder / "logs" / "supervisor.log").mkdir()  # as unwritable as a read-only mount, even for root
+    one_line_exit_2(run.main, ["--resume", str(folder)], "cannot write logs/supervisor.log")
+    assert not (folder / "manifest.json").exists()
+
+
+def test_shared_memory_names_taken_at_every_try_are_one_line_and_leave_no_folder(tmp_path, monkeypatch):
+    from mp_rl.shm import control, segment
+
+    def taken(name: str, *args):
+        raise segment.SegmentExists(f"segment {name} already exists")
+
+    monkeypatch.setattr(control.ControlBlock, "create", classmethod(lambda cls, name, *a: taken(name)))
+    before = set(list_segments())
+    one_line_exit_2(run.main, ["--config", SMOKE, f"run.runs_dir={tmp_path / 'runs'}"], "random names were")
+    assert not list((tmp_path / "runs").iterdir()) and set(list_segments()) == before

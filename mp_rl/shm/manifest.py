@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
 from mp_rl.shm.ring import ReplayRing, RingSpec
 from mp_rl.shm.ringspec import numeric_dtype
-from mp_rl.shm.segment import PREFIX, Layout, SegmentError
+from mp_rl.shm.segment import PREFIX, Layout, SegmentError, SegmentExists
 from mp_rl.shm.sync import RateLimit, RateLimitError
 
 MANIFEST = "manifest.json"
@@ -30,6 +31,14 @@ MANIFEST = "manifest.json"
 
 class AttachError(RuntimeError):
     """A run folder cannot be attached to; the message is one line saying why."""
+
+
+CLASH_TRIES = 3  # random names tried before a start gives up
+
+
+def _tag() -> str:
+    """The random part of a start's segment names (32 bits: not for another user to guess)."""
+    return secrets.token_hex(4)
 
 
 def segment_name(run_id: str, part: str) -> str:
@@ -178,14 +187,32 @@ class SharedRun:
         cls, run_dir: Path, run_id: str, spec: RingSpec, limit: RateLimit, numel: int, max_members: int,
         capacity: int | None = None, info: dict | None = None,
     ) -> SharedRun:  # fmt: skip
+        """Make the run's segments, named `mp_rl.<run_id>-<random>.<part>` (the manifest records the
+        names): a name another local user pre-created costs a retry under a new random part, not the start."""
+        for _ in range(CLASH_TRIES):
+            try:
+                return cls._create(
+                    run_dir, run_id, f"{run_id}-{_tag()}", spec, limit, numel, max_members, capacity, info
+                )
+            except SegmentExists as exc:
+                taken = exc
+        raise SegmentError(
+            f"could not create this run's shared memory: {CLASH_TRIES} random names were taken ({taken})"
+        )
+
+    @classmethod
+    def _create(
+        cls, run_dir: Path, run_id: str, names: str, spec: RingSpec, limit: RateLimit, numel: int, max_members: int,
+        capacity: int | None, info: dict | None,
+    ) -> SharedRun:  # fmt: skip
         made: list = []
         try:
             # The control block first: it names the owner, so cleanup never takes a run that is
             # still being created for a dead one.
-            control = ControlBlock.create(segment_name(run_id, "control"), max_members)
+            control = ControlBlock.create(segment_name(names, "control"), max_members)
             made.append(control)
-            made.append(ReplayRing.create(segment_name(run_id, "ring"), spec, limit, capacity))
-            made.append(WeightBoard.create(segment_name(run_id, "board"), numel))
+            made.append(ReplayRing.create(segment_name(names, "ring"), spec, limit, capacity))
+            made.append(WeightBoard.create(segment_name(names, "board"), numel))
             run = cls(run_id, made[1], made[2], control, owner=True, info=info or {}, run_dir=Path(run_dir).resolve())
             run.write_manifest(Path(run_dir))
             return run

@@ -32,6 +32,10 @@ class SegmentError(RuntimeError):
     """A segment could not be created or attached; the message says which and why."""
 
 
+class SegmentExists(SegmentError):
+    """The name is taken: another run's segment, a dead run's, or someone else's file."""
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """One named array in a segment: dtype string, shape, byte offset."""
@@ -117,7 +121,7 @@ class Segment:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise SegmentError(
+            raise SegmentExists(
                 f"segment {name} already exists (another run, or a dead one: mp_rl.tools.cleanup)"
             ) from None
         try:
