@@ -131,7 +131,7 @@ def eval_mp_rl_main(a: argparse.Namespace) -> None:
     from mp_rl.evaluate import load_policy
 
     torch.set_num_threads(1)
-    _, policy = load_policy(Path(a.eval_mp_rl), a.checkpoint)
+    _, policy = load_policy(Path(a.eval_mp_rl), a.checkpoint, trust_imports=True)  # its own runs
     returns = peers.greedy_returns(peers.argmax_of(lambda x: q_values(policy(x))), a.env, EPISODES,
                                    EVAL_SEED + a.seed, a.max_steps)  # fmt: skip
     print(json.dumps({"final": float(np.mean(returns)), "returns": returns}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -48,3 +49,23 @@ def config_parser(prog: str, description: str, example: str, required: bool = Tr
     p.add_argument("--config", required=required, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help=f"overrides, e.g. {example}")
     return p
+
+
+TRUST_FLAG = "--trust-imports"
+TRUST_HELP = ("run the Python modules a run folder's config.yaml names (env.register, a 'module:' env.id); "
+              "without it such a folder is refused: it may have come from elsewhere")  # fmt: skip
+
+
+def check_imports(run_dir: Path, env, trusted: bool) -> None:
+    """Refuse (ConfigError) a run folder whose config would import code, unless the user said to trust it.
+
+    Why a flag, and not the folder's owner: a folder copied from elsewhere belongs to whoever copied
+    it, and the import runs with the user's rights before anything else could check it. `weights_only`
+    makes the checkpoint safe to load; this makes the config as safe, by asking first."""
+    from mp_rl.agent.envs import code_imports
+    from mp_rl.config import ConfigError
+
+    names = code_imports(env)
+    if names and not trusted:
+        raise ConfigError(f"{run_dir / 'config.yaml'} would import {', '.join(names)}: "
+                          f"if you trust that run folder, pass {TRUST_FLAG}")  # fmt: skip

@@ -20,7 +20,7 @@ from mp_rl.agent import checkpoint
 from mp_rl.agent.envs import EnvError, env_factory, probe
 from mp_rl.agent.evaluation import greedy_returns
 from mp_rl.agent.models import q_network, q_values
-from mp_rl.cli import Parser, fail
+from mp_rl.cli import TRUST_FLAG, TRUST_HELP, Parser, check_imports, fail
 from mp_rl.config import ConfigError, load_config
 
 
@@ -42,11 +42,13 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     return path
 
 
-def load_policy(run_dir: Path, which: str):
-    """(config, policy) of a run folder and one of its checkpoints, checked to fit each other."""
+def load_policy(run_dir: Path, which: str, trust_imports: bool = False):
+    """(config, policy) of a run folder and one of its checkpoints, checked to fit each other. A config
+    that names modules to import is refused unless `trust_imports` (`cli.check_imports`)."""
     if not (run_dir / "config.yaml").is_file():
         raise EvaluateError(f"{run_dir}: not an mp_rl run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
+    check_imports(run_dir, cfg.env, trust_imports)
     path = checkpoint_path(run_dir, which)
     try:
         state = checkpoint.load(path)
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--video", default=None, help="record the episodes into this .mp4 file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     args = ap.parse_args(argv)
     try:
         if not 1 <= args.episodes <= 10_000:
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             if video.suffix != ".mp4" or not video.parent.is_dir():
                 raise EvaluateError(f"--video {args.video}: needs a .mp4 file in an existing folder")
         run_dir = Path(args.run_dir).resolve()
-        cfg, policy = load_policy(run_dir, args.checkpoint)
+        cfg, policy = load_policy(run_dir, args.checkpoint, args.trust_imports)
         steps = cfg.eval.max_episode_steps
         if args.video is not None:
             returns = record(policy, cfg, args.episodes, args.seed, Path(args.video), steps)

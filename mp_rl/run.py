@@ -18,7 +18,7 @@ import torch
 
 from mp_rl.agent import checkpoint
 from mp_rl.agent.models import q_network
-from mp_rl.cli import config_parser, fail, owner_only
+from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.shm.segment import SegmentError
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its newest checkpoint")
     p.add_argument("--print-config", action="store_true", help="check everything, print the resolved config, exit")
     p.add_argument("--retune", action="store_true", help="with run.autotune: search again, ignoring the cache")
+    p.add_argument(TRUST_FLAG, action="store_true", help=f"with --resume: {TRUST_HELP}")
     args = p.parse_args(argv)
     if not args.config and not args.resume:
         p.error("one of --config or --resume is required")
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             config_path, ckpt, state = resume_source(Path(args.resume).resolve())
         cfg = load_config(config_path, [*args.overrides, *(["run.autotune=true"] if args.retune else [])])
+        if args.resume:  # before plan(), which makes the env and so imports what the config names
+            check_imports(Path(args.resume).resolve(), cfg.env, args.trust_imports)
         run_plan = plan(cfg)
         if state is not None:
             fits_network(run_plan, state, ckpt)

@@ -161,7 +161,8 @@ def test_random_overrides_are_accepted_or_one_line_and_exit_2(tmp_path, override
     assert not (tmp_path / "runs").exists() and not os.listdir(tmp_path)
 
 
-def test_a_run_folder_that_cannot_be_written_is_refused_on_resume(tmp_path):
+def resumable_folder(tmp_path: Path) -> Path:
+    """A stopped smoke run's folder with a checkpoint its config can resume from."""
     from mp_rl.agent import checkpoint
     from mp_rl.agent.models import q_network
     from mp_rl.config import load_config
@@ -169,8 +170,13 @@ def test_a_run_folder_that_cannot_be_written_is_refused_on_resume(tmp_path):
 
     folder = run_folder(tmp_path)
     p = plan(load_config(SMOKE))
-    model = q_network(p.spec, p.cfg.learner).state_dict()  # a checkpoint this config can resume from
+    model = q_network(p.spec, p.cfg.learner).state_dict()
     checkpoint.save(folder / "checkpoints" / "final.pt", {"model": model, "counters": {"updates": 1}})
+    return folder
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_on_resume(tmp_path):
+    folder = resumable_folder(tmp_path)
     (folder / "logs" / "supervisor.log").mkdir()  # as unwritable as a read-only mount, even for root
     one_line_exit_2(run.main, ["--resume", str(folder)], "cannot write logs/supervisor.log")
     assert not (folder / "manifest.json").exists()
@@ -186,3 +192,23 @@ def test_shared_memory_names_taken_at_every_try_are_one_line_and_leave_no_folder
     before = set(list_segments())
     one_line_exit_2(run.main, ["--config", SMOKE, f"run.runs_dir={tmp_path / 'runs'}"], "random names were")
     assert not list((tmp_path / "runs").iterdir()) and set(list_segments()) == before
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "resume"])
+def test_a_run_folder_whose_config_imports_code_needs_trust_imports(tmp_path, monkeypatch, entry):
+    """config.yaml can name a module (env.register, 'module:EnvId'): importing it runs its code, so a
+    folder from elsewhere must not do that unasked. Nothing is imported before the flag is given."""
+    from mp_rl import evaluate
+
+    marker = tmp_path / "imported"
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / f"planted_{entry}.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef hook(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    folder = resumable_folder(tmp_path)
+    config = Path(SMOKE).read_text().replace("env:\n", f"env:\n  register: planted_{entry}:hook\n")
+    (folder / "config.yaml").write_text(config)
+    main, argv = (evaluate.main, [str(folder), "--episodes", "1"]) if entry == "evaluate" else (
+        run.main, ["--resume", str(folder), "--print-config"])  # fmt: skip
+    one_line_exit_2(main, argv, f"would import planted_{entry}: if you trust that run folder, pass --trust-imports")
+    assert not marker.exists()
+    assert cli(main, [*argv, "--trust-imports"])[0] == 0 and marker.exists()

@@ -61,6 +61,14 @@ def _register(path: str) -> None:
     _REGISTERED.add(path)
 
 
+def code_imports(env) -> list[str]:
+    """The modules outside mp_rl an env config would import: `env.register`'s, a 'module:EnvId' id's."""
+    names = [env.register.partition(":")[0]] if env.register else []
+    module, sep, _ = env.id.partition(":")
+    names += [module] if sep else []
+    return [n for n in names if n != "mp_rl" and not n.startswith("mp_rl.")]
+
+
 def _import_prefix(env_id: str) -> str:
     """Gymnasium's 'module:EnvId' form: import the module (it registers the id), return the id."""
     module_name, sep, rest = env_id.partition(":")
