@@ -98,6 +98,29 @@ def test_a_silent_attached_actor_keeps_its_slot_while_its_process_lives(held_run
     assert silent == {os.getpid()}
 
 
+def test_a_slot_claimed_again_after_the_snapshot_is_not_freed_from_it(held_run, monkeypatch):
+    """The old attached actor leaves and a new member claims its slot between the supervisor's look
+    and its pid check: the newcomer keeps its slot and its lease."""
+    from mp_rl.system import crew
+
+    _, _, shared = held_run
+    old = shared.control.claim(Kind.ACTOR, pid=DEAD_PID, flags=ATTACHED)
+    newcomer = {}
+
+    def alive_after_a_swap(pid: int) -> bool:  # the old one left; a new member took its slot and writes
+        shared.control.leave(old)
+        newcomer["slot"] = shared.control.claim(Kind.ACTOR, pid=os.getpid(), flags=ATTACHED)
+        assert shared.ring._take_lease(0, newcomer["slot"] + 1)
+        return False  # the snapshot's pid is dead
+
+    monkeypatch.setattr(crew, "_alive", alive_after_a_swap)
+    crew.reap_attached(shared, ours=set(), timeout=60.0, silent=set())
+    assert newcomer["slot"] == old and shared.control.state(old) is State.RUNNING
+    assert int(shared.ring.leases[0]) == old + 1, "the newcomer's lease was voided"
+    shared.ring._drop_lease(0)
+    shared.control.leave(old)
+
+
 class FakeProcess:
     exitcode = None
 

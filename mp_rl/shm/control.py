@@ -41,8 +41,10 @@ ATTACHED = 1  # member flag: started by hand (mp_rl.attach); the monitor never r
 REMOTE = 2  # member flag: a Ray actor, possibly on another machine; its pid is the ingest's that writes for it
 
 # Column meaning of a member row (eight int64 words = one cache line). Private to this file:
-# everyone else uses the accessors below.
+# everyone else uses the accessors below. The state word is `generation << 8 | State`: each claim of a
+# slot bumps its generation, so a compare-and-swap on the word acts on one occupant, never its successor.
 M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = range(8)
+_STATE_BITS = 0xFF
 COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
 EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
 TARGETS = ("actors", "batch_size", "capacity", "envs_per_actor")
@@ -234,18 +236,42 @@ class ControlBlock:
         return None
 
     # --- membership -------------------------------------------------------------------------
+    def _word(self, slot: int) -> int:
+        return int(self._members[slot, M_STATE])
+
+    def _cas(self, slot: int, old: int, new: int) -> bool:
+        return atomics.compare_exchange(self._member_addr + 64 * slot, old, new)[0]
+
     def claim(self, kind: Kind, pid: int | None = None, flags: int = 0, index: int = -1) -> int:
-        """Take a free slot atomically; return its number. Raises RuntimeError when all are taken."""
+        """Take a free slot atomically (a new generation of it); return its number. Raises
+        RuntimeError when all are taken."""
         for slot in range(self.max_members):
-            if atomics.compare_exchange(self._member_addr + 64 * slot, State.FREE, State.CLAIMED)[0]:
+            word = self._word(slot)
+            gen = (word >> 8) + 1
+            if word & _STATE_BITS == State.FREE and self._cas(slot, word, gen << 8 | State.CLAIMED):
                 row = self._members[slot]
                 row[M_KIND], row[M_PID], row[M_FLAGS] = kind, os.getpid() if pid is None else pid, flags
                 row[M_STEPS], row[M_WEIGHTS], row[M_INDEX] = 0, 0, index
                 row[M_HEARTBEAT] = time.monotonic_ns()
-                atomics.store(self._member_addr + 64 * slot, State.RUNNING)
+                atomics.store(self._member_addr + 64 * slot, gen << 8 | State.RUNNING)
                 self.wakeup.notify()
                 return slot
         raise RuntimeError(f"all {self.max_members} member slots are taken")
+
+    def generation(self, slot: int) -> int:
+        """How many times `slot` has been claimed: which occupant a snapshot of it saw."""
+        return self._word(slot) >> 8
+
+    def take_over(self, slot: int, generation: int) -> bool:
+        """Hold the slot of occupant `generation` (found dead) so that no one claims it while its
+        leftovers are cleared; then `leave`. False when that occupant has already gone (the slot is
+        free, or a newer generation holds it): there is nothing of it to clear."""
+        while True:
+            word = self._word(slot)
+            if word >> 8 != generation or word & _STATE_BITS == State.FREE:
+                return False
+            if self._cas(slot, word, generation << 8 | State.CLAIMED):
+                return True
 
     def heartbeat(self, slot: int, steps: int | None = None, weights: int | None = None) -> None:
         row = self._members[slot]
@@ -274,33 +300,36 @@ class ControlBlock:
         self._members[slot, M_INDEX] = index
 
     def state(self, slot: int) -> State:
-        return State(int(self._members[slot, M_STATE]))
+        return State(self._word(slot) & _STATE_BITS)
 
     def free_slots(self) -> int:
-        return int((self._members[:, M_STATE] == State.FREE).sum())
+        return int(((self._members[:, M_STATE] & _STATE_BITS) == State.FREE).sum())
 
     def retire(self, slot: int) -> bool:
         """Ask a running member to leave; True if it was running."""
-        ok = atomics.compare_exchange(self._member_addr + 64 * slot, State.RUNNING, State.RETIRING)[0]
+        word = self._word(slot)
+        ok = word & _STATE_BITS == State.RUNNING and self._cas(slot, word, word & ~_STATE_BITS | State.RETIRING)
         self.wakeup.notify()
         return ok
 
     def leave(self, slot: int) -> None:
-        """Release a slot (its owner on exit, or the supervisor for a dead member)."""
+        """Release a slot (its owner on exit, or the supervisor for a dead member it took over)."""
+        gen = self._word(slot) >> 8
         self._members[slot, 1:] = 0
-        atomics.store(self._member_addr + 64 * slot, State.FREE)
+        atomics.store(self._member_addr + 64 * slot, gen << 8 | State.FREE)
         self.wakeup.notify()
 
     def live_members(self) -> list[dict]:
         """One dict per claimed slot: what the supervisor and the tools show."""
         now = time.monotonic_ns()
         rows = []
-        for slot in np.flatnonzero(self._members[:, M_STATE] != State.FREE):
+        for slot in np.flatnonzero((self._members[:, M_STATE] & _STATE_BITS) != State.FREE):
             r = self._members[slot].copy()
             rows.append(
                 {
                     "slot": int(slot),
-                    "state": State(int(r[M_STATE])).name.lower(),
+                    "state": State(int(r[M_STATE]) & _STATE_BITS).name.lower(),
+                    "generation": int(r[M_STATE]) >> 8,
                     "kind": Kind(int(r[M_KIND])).name.lower() if r[M_KIND] else "starting",
                     "pid": int(r[M_PID]),
                     "heartbeat_age_s": (now - int(r[M_HEARTBEAT])) / 1e9,

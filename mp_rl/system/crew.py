@@ -69,6 +69,10 @@ def reap_attached(shared: SharedRun, ours: set[int], timeout: float, silent: set
                     log.warning("attached actor in slot %d (pid %d) silent for %.0fs; it keeps its slot while its "
                                 "process lives", m["slot"], m["pid"], m["heartbeat_age_s"])  # fmt: skip
             continue
+        # Held by generation, not freed from the snapshot: had the old actor left and a new member
+        # claimed the slot meanwhile, the void would take the newcomer's lease and free its slot.
+        if not control.take_over(m["slot"], m["generation"]):
+            continue
         voided = shared.ring.void_member(m["slot"] + 1)  # its half-written block is never stamped
         control.leave(m["slot"])
         log.warning("attached actor in slot %d (pid %d) is gone: slot freed, %d block(s) voided",
