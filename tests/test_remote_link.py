@@ -208,3 +208,28 @@ def test_attach_with_ray_missing_is_one_line_naming_the_extra(monkeypatch, capsy
     assert attach.main([str(tmp_path), "--ray", "local"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install -e '.[ray]'" in err[0], err
+
+
+def test_a_slot_released_while_a_call_is_inside_is_kept_until_the_call_leaves(tmp_path, shm_name, monkeypatch):
+    """`release` waits for the slot's calls; one still inside after the wait may yet write with the
+    slot's token, so the slot stays claimed (no newcomer can share the token) until that call leaves."""
+    from mp_rl.remote import ingest as module
+
+    monkeypatch.setattr(module, "RELEASE_WAIT_S", 0.2)
+    with served(tmp_path, shm_name) as (shared, _, ingest, pool):
+        slot = ingest.join(key=3, host="here")["slot"]
+        hold, entered = threading.Event(), threading.Event()
+
+        def stuck_apply(slot_, report):
+            entered.set()
+            hold.wait(10)
+
+        monkeypatch.setattr(ingest, "_apply", stuck_apply)
+        report = {"steps": 0, "weights": 0, "returns": [], "lengths": [], "counters": {}}
+        call = pool.submit(ingest.beat, 3, report)
+        assert entered.wait(5)
+        assert ingest.release(3, "its node died") == slot
+        assert shared.control.state(slot) is not State.FREE, "freed with a call inside: two writers, one token"
+        hold.set()
+        assert call.result(5)["stopping"]  # the call is told to go
+        assert shared.control.state(slot) is State.FREE and not ingest.leaving

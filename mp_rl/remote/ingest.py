@@ -35,6 +35,7 @@ from mp_rl.shm.ring import RingClosed
 
 log = logging.getLogger("mp_rl.ingest")
 PUT_EVERY_S = 0.05  # at most this often a new weights object: the learner may publish hundreds a second
+RELEASE_WAIT_S = 5.0  # how long `release` waits for a released slot's calls to leave before it returns
 
 
 class Ingest:
@@ -50,6 +51,7 @@ class Ingest:
         self.where: dict[int, str] = {}  # key -> the host it runs on
         self.live: set[int] = set()  # slots whose actor has not been released
         self.inside: dict[int, int] = {}  # slot -> calls in progress
+        self.leaving: dict[int, str] = {}  # released slots a call was still inside: the last one out frees them
         self.writers: dict[int, object] = {}
         self.flat = torch.empty(self.board.numel, dtype=torch.float32)
         self.version, self.weights, self.put_at = 0, None, 0.0
@@ -82,15 +84,25 @@ class Ingest:
         if slot is None:
             return None
         with self.left:  # each call inside leaves within one wait of 0.25 s once the slot is not live
-            self.left.wait_for(lambda: not self.inside.get(slot, 0), timeout=5.0)
-            self.inside.pop(slot, None)
-            self.writers.pop(slot, None)
-            voided = self.ring.void_member(slot + 1)  # a block it could not finish is never stamped
-            if self.control.state(slot) != State.FREE and self.control.pid(slot) == os.getpid():
-                self.control.leave(slot)
+            if not self.left.wait_for(lambda: not self.inside.get(slot, 0), timeout=RELEASE_WAIT_S):
+                # A call still inside may yet write with the slot's token: freeing the slot now would
+                # let a newcomer share the token. The slot is kept; the last call out frees it.
+                self.leaving[slot] = f"{why}; freed when its last call left" if why else "freed when its last call left"
+                log.warning("actor-%d (ray): a call is still inside after %.0f s; its slot is kept until it leaves",
+                            slot, RELEASE_WAIT_S)  # fmt: skip
+                return slot
+            self._free(slot, key, why)
+        return slot
+
+    def _free(self, slot: int, key: int | None, why: str) -> None:
+        """Void what the slot's writer holds and leave it (no call is inside: `left` held)."""
+        self.inside.pop(slot, None)
+        self.writers.pop(slot, None)
+        voided = self.ring.void_member(slot + 1)  # a block it could not finish is never stamped
+        if self.control.state(slot) != State.FREE and self.control.pid(slot) == os.getpid():
+            self.control.leave(slot)
         log.info("actor-%d (ray) from %s left%s; %d block(s) voided", slot, self.where.get(key, "?"),
                  f" ({why})" if why else "", voided)  # fmt: skip
-        return slot
 
     def retire(self) -> int:
         """Ask every remote actor to finish its block and go (Ctrl-C on the attach)."""
@@ -125,6 +137,8 @@ class Ingest:
             with self.lock:
                 self.inside[slot] = self.inside.get(slot, 1) - 1
                 self.left.notify_all()
+                if not self.inside[slot] and slot in self.leaving:  # released while this call was inside
+                    self._free(slot, key, self.leaving.pop(slot))
 
     def _apply(self, slot: int, report: dict) -> None:
         control = self.control
@@ -192,6 +206,11 @@ class Ingest:
         self.closed.set()
         for key in list(self.slots):
             self.release(key, "the attach ended")
+        with self.lock:
+            stuck = sorted(self.leaving)
+        if stuck:  # a call still inside may touch the segments: they stay mapped until the process exits
+            log.warning("slots %s: calls still inside at close; the segments stay mapped", stuck)
+            return
         self.shared.close()
 
     @staticmethod
