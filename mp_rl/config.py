@@ -49,6 +49,11 @@ class RunConfig(_Section):
     pin_cpus: bool = Field(
         False, description="Pin the learner to the last usable CPU and actor i to CPU i of the rest (wrapping)."
     )
+    save_replay: bool | None = Field(
+        None,
+        description="At a clean stop write the replay's live window into the run folder, for --resume "
+        "(null: when it takes at most half the free disk).",
+    )
     stop_deadline_s: float = Field(5.0, gt=0, description="Seconds for children to stop before terminate, then kill.")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="A member silent this long is hung: killed, restarted.")
     max_restarts: int = Field(

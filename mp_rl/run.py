@@ -20,6 +20,7 @@ from mp_rl.agent import checkpoint
 from mp_rl.agent.models import q_network
 from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
+from mp_rl.shm import ringsave
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.shm.segment import SegmentError
 from mp_rl.start.preflight import StartError, new_run_dir, plan
@@ -84,6 +85,16 @@ def writable(run_dir: Path) -> None:
                              f"({exc.strerror or type(exc).__name__})") from None  # fmt: skip
 
 
+def saved_replay(run_dir: Path, run_plan) -> None:
+    """StartError unless the run folder's saved replay (if any) can be written into this plan's ring."""
+    try:
+        ringsave.check(run_dir, run_plan.ring)
+    except ringsave.ReplayFileError as exc:
+        raise StartError(
+            f"--resume: {exc}; remove {run_dir / ringsave.FOLDER} to resume with an empty replay"
+        ) from None
+
+
 def fits_network(run_plan, state: dict, ckpt: Path) -> None:
     """StartError unless the checkpoint's model has the parameter names and shapes this config's network has
     (an older mp_rl's network, or a changed env, `learner.network`, `algo` or `hidden`, would not load)."""
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         run_plan = plan(cfg)
         if state is not None:
             fits_network(run_plan, state, ckpt)
+            saved_replay(Path(args.resume).resolve(), run_plan)
         if args.print_config:  # a dry run: checked like a real start, nothing created
             print(dump_config(cfg), end="")
             return 0
@@ -141,7 +153,8 @@ def start(run_plan, run_dir: Path, ckpt: Path | None, state: dict | None, counte
         return 0
     from mp_rl.system.supervisor import Supervisor
 
-    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters, retune=retune).run()
+    knobs = state.get("knobs") if state else None
+    return Supervisor(run_plan, run_dir, resume=ckpt, counters=counters, retune=retune, knobs=knobs).run()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -154,6 +155,11 @@ def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
     after = json.loads((first.run_dir / "summary.json").read_text())
     assert after["env_steps"] >= 6000 and after["updates"] > before["updates"] > 0
     assert "resumed from" in (first.run_dir / "logs" / "learner.log").read_text()
+    # The replay the clean stop saved came back whole before the actors started, and was saved again.
+    saved = re.search(r"replay saved for --resume: ([\d,]+) rows", out)
+    restored = re.search(r"replay restored: ([\d,]+) rows", proc.stdout)
+    assert saved and restored and restored.group(1) == saved.group(1), (out[-800:], proc.stdout[-800:])
+    assert "replay saved for --resume" in proc.stdout
 
 
 @pytest.mark.parametrize(

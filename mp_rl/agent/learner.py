@@ -29,6 +29,7 @@ from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.agent.staging import PendingPriorities, Prefetcher, Staged
 from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
+from mp_rl.shm.control import TARGETS
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Span
 
@@ -233,6 +234,8 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "counters": {**self.shared.control.counters(), "updates": self.updates},
+            # The knobs the monitor or the tuner had moved to: a resume starts there, not at the plan's start.
+            "knobs": {name: self.shared.control.target(name) for name in TARGETS},
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -246,6 +249,8 @@ class Learner:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.updates = int(ckpt["counters"]["updates"])
+        if self.priorities is not None:  # beta's annealing goes on from where it was
+            self.priorities.updates = self.updates
 
     def close(self) -> None:
         self.feed.close()

@@ -269,8 +269,9 @@ class RingWriter:
         return r.closed or r.limit.can_insert(r.inserts, r.samples, n)
 
     def write(
-        self, rows: Mapping[str, np.ndarray], timeout: float | None = None, frames: np.ndarray | None = None
-    ) -> bool:
+        self, rows: Mapping[str, np.ndarray], timeout: float | None = None, frames: np.ndarray | None = None,
+        limited: bool = True,
+    ) -> bool:  # fmt: skip
         """Write up to `block` rows (and, frame rows, the block's frames: up to `area` of them, from
         position 0). False when the rate limiter held us back for `timeout` seconds.
 
@@ -284,7 +285,10 @@ class RingWriter:
         if (frames is None) != (r.frames is None) or (frames is not None and len(frames) > r.spec.frames.area):
             raise ValueError("frame rows need their block's frames (at most one area), other rows none")
         self._check_shapes(rows, n, frames)  # before the lease: a copy that raised would keep it
-        if not r.insert_wakeup.wait_for(lambda: self._may_insert(n), 3600.0 if timeout is None else timeout):
+        # `limited=False` (a saved replay restored before any sample) passes the rate limiter by.
+        if limited and not r.insert_wakeup.wait_for(
+            lambda: self._may_insert(n), 3600.0 if timeout is None else timeout
+        ):
             return False
         if r.closed:
             raise RingClosed("replay ring closed")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 from mp_rl import hardware
 from mp_rl.config import dump_config
+from mp_rl.shm import ringsave
 from mp_rl.shm.manifest import SharedRun, write_json_atomic, write_private
 from mp_rl.start.preflight import Plan
 
 
-def open_run(plan: Plan, run_dir: Path, counters: dict | None = None) -> SharedRun:
+def open_run(plan: Plan, run_dir: Path, counters: dict | None = None, knobs: dict | None = None) -> SharedRun:
     """The start every run shares, the supervisor's and serial mode's: the run folder's config and
-    hardware profile, the shared segments and manifest, counters restored, the plan's targets set."""
+    hardware profile, the shared segments and manifest, counters restored, the plan's targets set (a
+    resumed run's: the knobs its monitor or tuner had chosen, within this plan's bounds)."""
     write_private(run_dir / "config.yaml", dump_config(plan.cfg))
     write_json_atomic(run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
     e = plan.spec
@@ -24,11 +28,36 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None) -> SharedR
     control = shared.control
     for name in ("env_steps", "episodes", "updates"):
         control.set_counter(name, int((counters or {}).get(name, 0)))
-    control.set_target("actors", plan.knobs.actors.start)
-    control.set_target("capacity", plan.knobs.capacity.start)
-    control.set_target("batch_size", plan.knobs.batch_size.start)
-    control.set_target("envs_per_actor", plan.cfg.env.envs_per_actor)
+    k, was = plan.knobs, knobs or {}
+    for name, span in (("actors", k.actors), ("capacity", k.capacity), ("batch_size", k.batch_size)):
+        chosen = was.get(name) if span.auto else None
+        control.set_target(name, min(max(int(chosen), span.lo), span.hi) if chosen else span.start)
+    envs = was.get("envs_per_actor") if plan.cfg.run.autotune else None
+    control.set_target("envs_per_actor", min(max(int(envs), 1), 1024) if envs else plan.cfg.env.envs_per_actor)
+    apply_capacity(shared)
     return shared
+
+
+def restore_replay(shared: SharedRun, run_dir: Path) -> str | None:
+    """A resumed run's saved replay, written back before any actor starts; the line to say, if any."""
+    t0 = time.perf_counter()
+    rows = ringsave.load(shared.ring, run_dir)
+    return f"replay restored: {rows:,} rows in {time.perf_counter() - t0:.1f} s" if rows else None
+
+
+def keep_replay(shared: SharedRun, cfg, run_dir: Path) -> str | None:
+    """At a clean stop, the replay's live window into the run folder (`run.save_replay`); the line to say."""
+    want, need = cfg.run.save_replay, ringsave.size(shared.ring)
+    if want is False or not shared.ring.size():
+        return None
+    free = shutil.disk_usage(run_dir).free
+    if want is None and need > free / 2:
+        return (f"replay not saved: {need / 2**30:.1f} GiB is more than half the free disk "
+                f"({free / 2**30:.1f} GiB); run.save_replay=true saves it anyway")  # fmt: skip
+    t0 = time.perf_counter()
+    saved = ringsave.save(shared.ring, run_dir)
+    return (f"replay saved for --resume: {saved['rows']:,} rows, {saved['bytes'] / 2**20:,.1f} MiB "
+            f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
 
 
 def apply_capacity(shared: SharedRun) -> None:

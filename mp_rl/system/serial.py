@@ -16,7 +16,7 @@ from mp_rl.agent.learner import Learner
 from mp_rl.monitor.monitor import Monitor
 from mp_rl.shm.control import Kind
 from mp_rl.start.preflight import Plan
-from mp_rl.system.launch import apply_capacity, open_run
+from mp_rl.system.launch import apply_capacity, keep_replay, open_run, restore_replay
 
 
 class SerialRun:
@@ -26,7 +26,8 @@ class SerialRun:
         learner_cfg = plan.cfg.learner.model_copy(update={"prefetch": False})  # no thread to hand batches over
         self.cfg = plan.cfg.model_copy(update={"learner": learner_cfg})
         self.run_dir = Path(run_dir)
-        self.shared = open_run(plan, self.run_dir, counters)
+        self.shared = open_run(plan, self.run_dir, counters, (resume or {}).get("knobs"))
+        self.restored = restore_replay(self.shared, self.run_dir) if resume is not None else None
         self.monitor: Monitor | None = None
         try:
             control, seed = self.shared.control, self.cfg.run.seed
@@ -74,8 +75,9 @@ class SerialRun:
         return steps
 
     def finish(self) -> None:
-        """What the learner process does at stop: `final.pt`."""
+        """What the learner process and the supervisor do at a clean stop: `final.pt`, the replay."""
         self.learner.save(self.run_dir / "checkpoints" / "final.pt")
+        keep_replay(self.shared, self.cfg, self.run_dir)
 
     def close(self) -> None:
         self.actor.close()

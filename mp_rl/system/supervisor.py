@@ -25,7 +25,7 @@ from mp_rl.start import tune
 from mp_rl.start.preflight import Plan
 from mp_rl.start.tune import Tuner
 from mp_rl.system.crew import Crew
-from mp_rl.system.launch import open_run
+from mp_rl.system.launch import keep_replay, open_run, restore_replay
 from mp_rl.system.progress import Metrics, StatusOutput
 from mp_rl.system.shells import title
 
@@ -34,9 +34,9 @@ log = logging.getLogger("mp_rl.supervisor")
 
 class Supervisor:
     def __init__(self, plan: Plan, run_dir: Path, resume: Path | None = None, counters: dict | None = None,
-                 retune: bool = False, stop_when_tuned: bool = False):  # fmt: skip
+                 retune: bool = False, stop_when_tuned: bool = False, knobs: dict | None = None):  # fmt: skip
         self.plan, self.cfg, self.run_dir, self.run_id = plan, plan.cfg, run_dir, run_dir.name
-        self.resume, self.counters = resume, counters or {}
+        self.resume, self.counters, self.knobs = resume, counters or {}, knobs
         self.crew: Crew | None = None  # set once the segments exist
         self.signals = 0
         self.error: str | None = None
@@ -52,7 +52,9 @@ class Supervisor:
         setproctitle(title(self.run_id, "supervisor"))
         for run_id in remove_dead():  # never raises: a cleanup failure must not stop a start
             log.warning("removed the segments of dead run %s", run_id)
-        self.shared = open_run(self.plan, self.run_dir, self.counters)
+        self.shared = open_run(self.plan, self.run_dir, self.counters, self.knobs)
+        if self.resume is not None and (line := restore_replay(self.shared, self.run_dir)):
+            out.say(line)  # before the learner and the actors start
         self.crew = crew = Crew(self.plan, self.run_dir, self.shared, self.resume)
         if self.cfg.run.autotune:
             self.tuner = tune.for_run(self.plan, self.shared.control, self._sampling, self.retune)
@@ -169,6 +171,9 @@ class Supervisor:
         self.shared.ring.close_waiters()
         if self.crew is not None:
             self.crew.stop(hurry=lambda: self.signals >= 2)
+        clean = self.signals < 2 and not self.error and not self.stop_when_tuned  # and no writer is left
+        if clean and (line := keep_replay(self.shared, self.cfg, self.run_dir)):
+            out.say(line)
         if self.metrics is not None:
             out.show(self.metrics.snapshot(), "stopped")  # the last line of metrics.jsonl is the final state
         final = None
