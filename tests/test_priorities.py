@@ -204,3 +204,34 @@ def test_importance_weights_match_a_hand_computed_case(shm_name):
             assert weight == pytest.approx(want / want.max())
     finally:
         ring.destroy()
+
+
+def test_a_restored_replays_priorities_are_recomputed_from_td_errors(tmp_path, shm_name):
+    """On resume the learner prioritizes the rows already in the ring by their TD errors under the
+    restored networks (not all at the maximum), and beta goes on from the restored update count."""
+    from mp_rl.agent.learner import Learner
+    from mp_rl.config import load_config
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import plan
+
+    cfg = load_config("configs/smoke.yaml", ["replay.prioritized=true", "replay.min_fill=64",
+                                             "replay.samples_per_insert=null", "learner.prefetch=false"])  # fmt: skip
+    p = plan(cfg)
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, p.numel, 4)
+    try:
+        block = shared.ring.spec.block
+        for b in range(512 // block):
+            rows = make_rows(0, b * block, block)
+            rows["action"] = rows["action"] % 2
+            shared.ring.writer(1).write(rows)
+        trained = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        state = {**trained.state(), "counters": {"updates": 5000}}
+        trained.close()
+        learner = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        learner.restore(state)
+        leaves = learner.priorities.tree.get(np.arange(512))
+        assert (leaves > 0).all() and len(np.unique(leaves)) > 100  # each row its own, not one maximum
+        assert learner.priorities.beta() == pytest.approx(min(1.0, 0.4 + 0.6 * 5000 / cfg.replay.beta_steps))
+        learner.close()
+    finally:
+        shared.close()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +32,7 @@ from mp_rl.config import Config
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import TARGETS
 from mp_rl.shm.manifest import SharedRun
+from mp_rl.shm.sampler import read_rows
 from mp_rl.start.preflight import Span
 
 
@@ -120,9 +122,12 @@ class Learner:
         loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
         return loss, td, q_mean
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def update(self, batch: dict[str, torch.Tensor]) -> None:
         """One gradient step; queued on the device, never waited for."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with self._autocast():
             loss, td, q_mean = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -249,8 +254,28 @@ class Learner:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.updates = int(ckpt["counters"]["updates"])
-        if self.priorities is not None:  # beta's annealing goes on from where it was
-            self.priorities.updates = self.updates
+        if self.priorities is not None:
+            self.reprioritize()  # the replay a resume restored, before the first draw
+            self.priorities.updates = self.updates  # beta's annealing goes on from where it was
+
+    def reprioritize(self, chunk: int = 1024) -> int:
+        """Priorities of the rows already in the ring (a restored replay) recomputed from their TD
+        errors under the restored networks, instead of the maximum every new row enters with. Rows
+        whose stamps change meanwhile are skipped. Returns the rows prioritized."""
+        ring, done = self.shared.ring, 0
+        lo, hi = ring.window()
+        self.priorities.admit(lo, hi)
+        with (
+            torch.no_grad(),
+            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
+        ):
+            for a in range(lo, hi, chunk):
+                seqs, rows = read_rows(ring, np.arange(a, min(a + chunk, hi)))
+                if len(seqs):
+                    _, td, _ = self._loss_terms({k: torch.as_tensor(v).to(self.device) for k, v in rows.items()})
+                    self.priorities.update(seqs, td.float().cpu().numpy())
+                    done += len(seqs)
+        return done
 
     def close(self) -> None:
         self.feed.close()

@@ -116,6 +116,11 @@ class Priorities:
             self.seqs[slots] = new
             self.tree.set(slots, np.full(len(new), self.max_priority**self.alpha))
 
+    def admit(self, lo: int, hi: int) -> None:
+        """Take in the window [lo, hi) now (its rows at the maximum priority), as a draw would."""
+        with self.lock:
+            self._sync(lo, hi)
+
     def draw(self, lo: int, hi: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`n` seqs in [lo, hi) drawn by priority (stratified), and the probability each was drawn with.
         Uniform while no priority is known."""
