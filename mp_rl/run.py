@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return start(run_plan, run_dir, ckpt, state, counters, args.retune)
     except SegmentError as exc:  # the shared memory could not be made: nothing was started
-        if not args.resume:
+        if not args.resume and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder holds only what this start wrote
         return fail("mp_rl.run", exc)
 

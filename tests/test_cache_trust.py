@@ -39,6 +39,15 @@ def test_an_autotune_entry_with_a_bad_point_is_ignored_with_one_line(smoke, bad,
     assert len(lines) == 1 and "ignored" in lines[0] and f"autotune-{key}.json" in lines[0]
 
 
+def test_an_entry_with_a_key_its_dataclass_does_not_take_is_ignored(smoke, tmp_path):
+    p, key = smoke
+    cache.save("autotune", key, _entry(p, threads=4))
+    assert tune.for_run(p, None, lambda: True).cached is None
+    good = {"bare": 10 << 20, "imported": 200 << 20, "actor": 250 << 20, "learner": 300 << 20}
+    cache.save("footprint", "k", {**good, "gpu": 1})
+    assert cache.load("footprint", "k", footprint.CachedBases) is None
+
+
 def test_an_autotune_entry_with_a_string_rate_is_ignored(smoke):
     p, key = smoke
     cache.save("autotune", key, {**_entry(p), "rate": "5000"})

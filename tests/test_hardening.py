@@ -141,6 +141,22 @@ def test_restart_counts_are_forgiven_after_a_healthy_period(held_run, tmp_path):
     assert healthy.restarts == 0 and recent.restarts == 4
 
 
+def test_a_retired_members_slot_taken_by_a_newcomer_is_not_cleared(held_run, tmp_path):
+    """A retiring actor leaves its slot and exits; before the watch loop sees the exit an attached
+    actor claims that slot and writes: the crew's clean-up must not void its lease or free its slot."""
+    _, p, shared = held_run
+    crew = Crew(p, tmp_path, shared)
+    m = crew._claim(Member(Kind.ACTOR, -1, 0, FakeProcess()))
+    crew.members = {m.slot: m}
+    shared.control.leave(m.slot)  # the retiring actor's own exit
+    newcomer = shared.control.claim(Kind.ACTOR, pid=os.getpid(), flags=ATTACHED)
+    assert newcomer == m.slot and shared.ring._take_lease(0, newcomer + 1)
+    crew._retired(m)
+    assert shared.control.state(newcomer) is State.RUNNING and int(shared.ring.leases[0]) == newcomer + 1
+    shared.ring._drop_lease(0)
+    shared.control.leave(newcomer)
+
+
 # --- manifest.json is checked, never trusted -------------------------------------------------------
 @pytest.fixture
 def manifest_run(tmp_path, shm_name):

@@ -3,6 +3,8 @@ void priorities of overwritten rows, beta annealing, and the learner's weighted 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -206,7 +208,8 @@ def test_importance_weights_match_a_hand_computed_case(shm_name):
         ring.destroy()
 
 
-def test_a_restored_replays_priorities_are_recomputed_from_td_errors(tmp_path, shm_name):
+@pytest.mark.parametrize("prefetch", ["false", "true"])  # with the thread: nothing drawn before the restore
+def test_a_restored_replays_priorities_are_recomputed_from_td_errors(tmp_path, shm_name, prefetch):
     """On resume the learner prioritizes the rows already in the ring by their TD errors under the
     restored networks (not all at the maximum), and beta goes on from the restored update count."""
     from mp_rl.agent.learner import Learner
@@ -214,8 +217,13 @@ def test_a_restored_replays_priorities_are_recomputed_from_td_errors(tmp_path, s
     from mp_rl.shm.manifest import SharedRun
     from mp_rl.start.preflight import plan
 
-    cfg = load_config("configs/smoke.yaml", ["replay.prioritized=true", "replay.min_fill=64",
-                                             "replay.samples_per_insert=null", "learner.prefetch=false"])  # fmt: skip
+    over = [
+        "replay.prioritized=true",
+        "replay.min_fill=64",
+        "replay.samples_per_insert=null",
+        f"learner.prefetch={prefetch}",
+    ]
+    cfg = load_config("configs/smoke.yaml", over)
     p = plan(cfg)
     shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, p.numel, 4)
     try:
@@ -229,6 +237,8 @@ def test_a_restored_replays_priorities_are_recomputed_from_td_errors(tmp_path, s
         trained.close()
         learner = Learner(cfg, shared, p.spec, p.knobs.batch_size)
         learner.restore(state)
+        time.sleep(0.3)  # a prefetch thread started at construction would have drawn by now
+        assert learner.priorities.updates == 5000
         leaves = learner.priorities.tree.get(np.arange(512))
         assert (leaves > 0).all() and len(np.unique(leaves)) > 100  # each row its own, not one maximum
         assert learner.priorities.beta() == pytest.approx(min(1.0, 0.4 + 0.6 * 5000 / cfg.replay.beta_steps))

@@ -94,6 +94,13 @@ def test_a_replay_saved_for_another_ring_or_damaged_is_refused(tmp_path, shm_nam
         ringsave.save(src, tmp_path)
         with pytest.raises(ringsave.ReplayFileError, match="another ring"):
             ringsave.load(other, tmp_path)
+        np.save(tmp_path / "replay" / "blocks.npy", np.array([65]))  # more rows than a block holds
+        with pytest.raises(ringsave.ReplayFileError, match="rows"):
+            ringsave.load(src, tmp_path)
+        np.save(tmp_path / "replay" / "blocks.npy", np.array([64]))
+        np.save(tmp_path / "replay" / "obs.npy", np.zeros((64, 5), np.float32))  # another shape
+        with pytest.raises(ringsave.ReplayFileError, match="'obs'"):
+            ringsave.load(src, tmp_path)
         (tmp_path / "replay" / "reward.npy").write_bytes(b"\x93NUMPY damaged")
         with pytest.raises(ringsave.ReplayFileError, match="cannot be restored"):
             ringsave.load(src, tmp_path)

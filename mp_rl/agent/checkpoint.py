@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def newest(run_dir: Path) -> tuple[Path, dict, list[tuple[Path, str]]] | None:
     wrote, and an empty or damaged newest file gives way to the next one down.
     """
     folder = Path(run_dir) / "checkpoints"
-    periodic = sorted(folder.glob("update-*.pt"), reverse=True)  # zero-padded: by name is by count
+    periodic = [p for p in folder.glob("update-*.pt") if re.fullmatch(r"update-\d+", p.stem)]  # no stray names
+    periodic.sort(key=lambda p: int(p.stem.split("-")[1]), reverse=True)
     damaged: list[tuple[Path, str]] = []
     final = final_state = None
     if (folder / "final.pt").exists():

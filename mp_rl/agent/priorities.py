@@ -107,9 +107,7 @@ class Priorities:
         look = np.concatenate([back, self.pending[self.pending >= lo], fresh])
         stamped = self.ring.stamps[look % cap] == look + 1
         new = look[stamped]
-        wait = ~stamped
-        wait[: len(back)] = False  # an old row without its stamp was voided or trimmed: it never comes
-        self.pending = look[wait]
+        self.pending = look[~stamped]  # a row still being written; dropped once it leaves the window
         self.synced = max(self.synced, hi)
         if len(new):
             slots = new % cap

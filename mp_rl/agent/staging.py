@@ -41,8 +41,9 @@ class Prefetcher:
         self.stream = torch.cuda.Stream(device) if pin else None
         self.handoff: queue.Queue = queue.Queue(maxsize=1)
         self.stopped = threading.Event()
+        # Started by the first `get`, not here: a resume restores the learner (and reprioritizes the
+        # restored replay) after construction, and no batch may be drawn before that.
         self.thread = threading.Thread(target=self._loop, name="prefetch", daemon=True)
-        self.thread.start()
 
     def _loop(self) -> None:
         i = 0
@@ -73,6 +74,8 @@ class Prefetcher:
         return moved, done
 
     def get(self, timeout: float) -> dict[str, torch.Tensor] | None:
+        if self.thread.ident is None and not self.stopped.is_set():
+            self.thread.start()
         try:
             batch, done = self.handoff.get(timeout=timeout)
         except queue.Empty:
@@ -86,7 +89,8 @@ class Prefetcher:
 
     def close(self) -> None:
         self.stopped.set()
-        self.thread.join(timeout=2.0)
+        if self.thread.ident is not None:
+            self.thread.join(timeout=2.0)
 
 
 class Staged:

@@ -63,8 +63,12 @@ def save(ring: ReplayRing, run_dir: Path) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700)
     np.save(tmp / "blocks.npy", counts[nonempty])
-    for f in spec.fields:
-        np.save(tmp / f"{f.name}.npy", ring.fields[f.name][slots])
+    for f in spec.fields:  # in chunks: whole observations in the rows can be gigabytes
+        out = np.lib.format.open_memmap(tmp / f"{f.name}.npy", "w+", np.dtype(f.dtype), (len(slots), *f.shape))
+        for i in range(0, len(slots), _CHUNK * block):
+            out[i : i + _CHUNK * block] = ring.fields[f.name][slots[i : i + _CHUNK * block]]
+        out.flush()
+        del out
     if spec.frames is not None:
         areas = ((seqs[nonempty * block] % cap) // block).astype(np.int64)  # each kept block's area
         fs = spec.frames
@@ -79,6 +83,11 @@ def save(ring: ReplayRing, run_dir: Path) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # whole or absent: a stop killed halfway leaves only the temporary folder
     return {**meta, "bytes": sum(p.stat().st_size for p in folder.iterdir())}
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a saved replay (a stop that saves none must not leave an older one to be restored)."""
+    shutil.rmtree(Path(run_dir) / FOLDER, ignore_errors=True)
 
 
 class ReplayFileError(ValueError):
@@ -103,6 +112,11 @@ def _open(folder: Path, spec) -> tuple[dict | None, np.ndarray, dict, np.ndarray
         frames = np.load(folder / "frames.npy", mmap_mode="r") if spec.frames is not None else None
         if counts.sum() != meta["rows"] or any(len(v) != meta["rows"] for v in fields.values()):
             raise ReplayFileError("its files disagree on the number of rows (damaged?)")
+        if len(counts) and not (counts.min() >= 1 and counts.max() <= spec.block):
+            raise ReplayFileError(f"a block holds other than 1..{spec.block} rows (damaged?)")
+        for f in spec.fields:
+            if fields[f.name].shape[1:] != f.shape or fields[f.name].dtype != np.dtype(f.dtype):
+                raise ReplayFileError(f"field {f.name!r} is not {f.shape} {f.dtype} (damaged?)")
         area = None if spec.frames is None else (len(counts), spec.frames.area, *spec.frames.shape)
         if frames is not None and frames.shape != area:
             raise ReplayFileError("its frames do not match its blocks (damaged?)")

@@ -66,7 +66,7 @@ class CachedBases(BaseModel):
     """A footprint entry as the cache holds it: positive byte counts (a negative one would switch
     preflight's memory check off)."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")  # the dataclass it becomes takes no other key
     bare: int = Field(gt=0)
     imported: int = Field(gt=0)
     actor: int = Field(gt=0)

@@ -80,7 +80,7 @@ class Space:
 class CachedPoint(BaseModel):
     """A point as the cache records it: whole, positive numbers (a negative capacity fits any budget)."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")  # the dataclass it becomes takes no other key
     actors: int = Field(ge=1)
     envs_per_actor: int = Field(ge=1)
     batch: int = Field(ge=1)

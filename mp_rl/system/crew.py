@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from mp_rl.shm.control import Kind, State
+from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
 from mp_rl.system.launch import apply_capacity
@@ -46,6 +46,7 @@ class Member:
     restart_at: float | None = None
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False
+    generation: int = 0  # of its slot's claim: a slot claimed again since is not this member's to clear
 
     @property
     def name(self) -> str:
@@ -92,7 +93,22 @@ class Crew:
 
     def add(self, kind: Kind, index: int = 0) -> None:
         """Claim a slot for a new member and spawn it; RuntimeError when every slot is taken."""
-        self._spawn(Member(kind, self.shared.control.claim(kind, pid=0, index=index), index))
+        self._spawn(self._claim(Member(kind, -1, index)))
+
+    def _claim(self, m: Member) -> Member:
+        control = self.shared.control
+        m.slot = control.claim(m.kind, pid=0, index=m.index)
+        m.generation = control.generation(m.slot)
+        return m
+
+    def _clear(self, m: Member) -> None:
+        """Void the leases a gone member's process held and free its slot, if the slot is still that
+        member's claim (by compare-and-swap on its generation): one it left, that a newcomer took
+        meanwhile, keeps the newcomer's lease and slot."""
+        control = self.shared.control
+        if control.take_over(m.slot, m.generation):
+            self.shared.ring.void_member(m.slot + 1)
+            control.leave(m.slot)
 
     def _spawn(self, m: Member) -> None:
         base = dict(run_dir=str(self.run_dir), cfg_json=self.cfg.model_dump(mode="json"), slot=m.slot,
@@ -174,18 +190,23 @@ class Crew:
         apply_capacity(self.shared)
 
     def _retired(self, m: Member) -> None:
-        self.shared.ring.void_member(m.slot + 1)  # nothing half-written stays, even if it died retiring
-        if self.shared.control.state(m.slot) is not State.FREE:
-            self.shared.control.leave(m.slot)
+        self._clear(m)  # nothing half-written stays, even if it died retiring
         del self.members[m.slot]
 
     def _schedule_restart(self, m: Member) -> None:
-        self.shared.ring.void_member(m.slot + 1)  # leases its dead writer held
+        self._clear(m)  # leases its dead writer held
         m.restarts += 1
         name = m.name
         if m.restarts > self.cfg.run.max_restarts:
             self.error = f"{name} failed {m.restarts} times (see {self.run_dir}/logs/{name}.log)"
             return
+        del self.members[m.slot]
+        try:  # a fresh claim now: no one takes the slot while the restart waits
+            self._claim(m)
+        except RuntimeError as exc:  # every slot taken meanwhile (attached actors): reconcile adds it later
+            log.warning("%s not restarted: %s", name, exc)
+            return
+        self.members[m.slot] = m
         delay = min(10.0, 0.5 * 2 ** (m.restarts - 1))
         log.warning("%s exited with code %s; restart %d in %.1fs", name, m.process.exitcode, m.restarts, delay)
         m.restart_at = time.monotonic() + delay

@@ -49,9 +49,11 @@ def keep_replay(shared: SharedRun, cfg, run_dir: Path) -> str | None:
     """At a clean stop, the replay's live window into the run folder (`run.save_replay`); the line to say."""
     want, need = cfg.run.save_replay, ringsave.size(shared.ring)
     if want is False or not shared.ring.size():
+        ringsave.discard(run_dir)  # an older one would come back with newer weights
         return None
     free = shutil.disk_usage(run_dir).free
     if want is None and need > free / 2:
+        ringsave.discard(run_dir)
         return (f"replay not saved: {need / 2**30:.1f} GiB is more than half the free disk "
                 f"({free / 2**30:.1f} GiB); run.save_replay=true saves it anyway")  # fmt: skip
     t0 = time.perf_counter()
