@@ -23,7 +23,7 @@ from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
 from mp_rl.shm.ring import ReplayRing, RingSpec
 from mp_rl.shm.ringspec import numeric_dtype
-from mp_rl.shm.segment import PREFIX, Layout, SegmentError, SegmentExists
+from mp_rl.shm.segment import PREFIX, TAG_HEX, Layout, SegmentError, SegmentExists
 from mp_rl.shm.sync import RateLimit, RateLimitError
 
 MANIFEST = "manifest.json"
@@ -38,7 +38,7 @@ CLASH_TRIES = 3  # random names tried before a start gives up
 
 def _tag() -> str:
     """The random part of a start's segment names (32 bits: not for another user to guess)."""
-    return secrets.token_hex(4)
+    return secrets.token_hex(TAG_HEX // 2)
 
 
 def segment_name(run_id: str, part: str) -> str:

@@ -1,12 +1,12 @@
 """Find the segments of runs whose supervisor is gone, and remove them (every supervisor start does).
 
-A run is its segments `mp_rl.<run_id>.<part>`. It is **alive** while the process that created its
-control block lives (same pid, started before the block was made, so a recycled pid does not
-count); **starting** while its control block has no magic yet or is younger than `STARTING_S`
-(two runs started at the same moment must never take each other for dead); **dead** otherwise.
-Only the calling user's own regular files are looked at: another user's segment, a symlink or a
-FIFO under an `mp_rl.*` name is skipped with a note, never opened in a way that could block or
-follow it. A failure on one run skips that run; nothing here raises.
+A run is its segments `mp_rl.<run_id>-<tag>.<part>` (the tag: a random part per start). It is
+**alive** while the process that created its control block lives (same pid, started before the block
+was made, so a recycled pid does not count); **starting** while its control block has no magic yet
+or is younger than `STARTING_S` (two runs started at the same moment must never take each other for
+dead); **dead** otherwise. Only the calling user's own regular files are looked at: another user's
+segment, a symlink or a FIFO under an `mp_rl.*` name is skipped with a note, never opened in a way
+that could block or follow it. A failure on one run skips that run; nothing here raises.
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ ABANDONED_S = 60.0  # a run with no stamped control block after this long never 
 class RunSegments:
     """What the reaper found of one run in the shm folder."""
 
-    run_id: str
+    segments_id: str  # the names' middle part: the run id and its start's random part
     names: list[str]
     state: str = "dead"  # alive | starting | dead | skipped
     owner_pid: int | None = None
     note: str = ""
     bytes_used: int = 0
     paths: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return segment.run_of(self.segments_id)
 
 
 def _own_regular(path: str) -> os.stat_result | None:
@@ -74,7 +78,7 @@ def judge(run: RunSegments, shm_dir: str, now: float | None = None) -> RunSegmen
                 return run
             stats[name], run.bytes_used = st, run.bytes_used + st.st_blocks * 512
             run.paths.append(path)
-        control = f"{segment.PREFIX}{run.run_id}.control"
+        control = f"{segment.PREFIX}{run.segments_id}.control"
         if control not in stats:  # made last-in-first-out: a run without one was being torn down or made
             newest = max(max(s.st_mtime, s.st_ctime) for s in stats.values())
             run.state = "starting" if now - newest < ABANDONED_S else "dead"

@@ -25,6 +25,17 @@ import numpy as np
 SHM_DIR = "/dev/shm"  # module-level so tests (and cleanup's --shm-dir) can point it elsewhere
 PREFIX = "mp_rl."
 PAGE = mmap.PAGESIZE
+# A start names its segments `mp_rl.<run id>-<8 random hex>.<part>` (`manifest.SharedRun.create`):
+# the random part keeps another local user from pre-creating them. `run_of` strips it again.
+TAG_HEX = 8
+_TAG = re.compile(rf"-[0-9a-f]{{{TAG_HEX}}}$")
+
+
+def run_of(segments_id: str) -> str:
+    """The run id in a segment name's middle part (`<run id>-<tag>`)."""
+    return _TAG.sub("", segments_id)
+
+
 _NAME_OK = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
