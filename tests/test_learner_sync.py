@@ -51,7 +51,8 @@ def _inside(events) -> list[str]:
     optimizer's kernel (on the CPU fused Adam reads its step counter, a host scalar there; on CUDA it
     lives on the device). Only the window counts: leaving a profiler on CUDA synchronises the device
     itself (torch's profiler calls torch.cuda.synchronize() on exit, recorded as cudaDeviceSynchronize)."""
-    (window,) = [e.time_range for e in events if e.name == WINDOW]
+    # With CUDA activity the range appears twice: on the host and as a GPU annotation. The host's counts.
+    (window,) = [e.time_range for e in events if e.name == WINDOW and e.device_type == torch.autograd.DeviceType.CPU]
     names = []
     for e in events:
         if not window.start <= e.time_range.start <= window.end or e.name == WINDOW:

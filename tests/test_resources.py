@@ -86,8 +86,8 @@ def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_
         assert learner.amp_dtype in (torch.bfloat16, torch.float16) and shared.board._pinned
         rows = make_rows(0, 0, 32)
         rows["action"] = rows["action"] % 2
-        for _ in range(16):
-            shared.ring.writer(1).write(rows)
+        for _ in range(16):  # more rows than the learner has sampled: not held back by samples_per_insert
+            shared.ring.writer(1).write(rows, limited=False)
         assert sum(learner.step(timeout=5.0) for _ in range(20)) == 20
         v = learner.publish()
         out = torch.empty(shared.board.numel)
