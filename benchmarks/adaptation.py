@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.common import table, write_results
 from mp_rl.config import load_config
+from mp_rl.runfolder import RunFolder
 from mp_rl.start import resources
 from mp_rl.start.preflight import new_run_dir, plan
 from mp_rl.system.supervisor import Supervisor
@@ -53,7 +54,7 @@ def run_system(config: str, overrides: list[str]) -> Path:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return RunFolder(run_dir).metrics()
 
 
 def rolling(times: np.ndarray, values: np.ndarray, span: float) -> np.ndarray:
@@ -119,8 +120,8 @@ def sweep(args, base: list[str], cpus: int) -> list[dict]:
     return rows
 
 
-BAD_START = ["actors.count=auto", "actors.initial=1", "learner.batch_size=auto", "learner.initial_batch_size=32",
-             "replay.capacity=auto", "replay.initial_capacity=10000", "monitor.capacity_min=10000"]  # fmt: skip
+BAD_START = ["actors.count=auto", "actors.initial_count=1", "learner.batch_size=auto", "learner.initial_batch_size=32",
+             "replay.capacity=auto", "replay.initial_capacity=10000", "replay.min_capacity=10000"]  # fmt: skip
 
 
 def steady_rate(run_dir: Path, warmup: float) -> float:
@@ -130,7 +131,7 @@ def steady_rate(run_dir: Path, warmup: float) -> float:
 
 def autotuned(args, base: list[str], out: Path) -> dict:
     """A cold tune in a fresh cache, the tuned point run static, then a cached start with the monitor on."""
-    from mp_rl.start import tune
+    from mp_rl.start import autotune
     from mp_rl.start.preflight import plan as make_plan
 
     os.environ["XDG_CACHE_HOME"] = str(out / "cache")  # fresh: the first tune below is cold
@@ -153,9 +154,9 @@ def autotuned(args, base: list[str], out: Path) -> dict:
     cached = run_system(args.config, warm)
     run_plan = make_plan(load_config(args.config, [*COMMON, *warm]))
     t0 = time.perf_counter()
-    warm_tuner = tune.for_run(run_plan, None, lambda: True)  # what a cached start adds before it spawns
+    warm_tuner = autotune.for_run(run_plan, None, lambda: True)  # what a cached start adds before it spawns
     warm_s = time.perf_counter() - t0
-    record = json.loads((cached / "autotune.json").read_text())
+    record = json.loads(RunFolder(cached).autotune.read_text())
     what = f"{p['envs_per_actor']} envs x {p['actors']} actor(s), batch {p['batch']}"
     return {
         "cold_s": cold_s, "warm_s": warm_s, "warm_hit": warm_tuner.cached is not None, "tune": tuned,
@@ -174,8 +175,7 @@ def adapt(args, base: list[str], best: float) -> dict:
     run_dir = run_system(args.config, adaptive)
     lines = [m for m in metrics(run_dir) if m.get("env_steps_per_s") is not None][:-1]  # the last is the stop
     t0 = lines[0]["unix_time"] - lines[0]["time"]  # decisions carry wall-clock times; put them on this axis
-    moves = [{**d, "t": d["unix_time"] - t0} for d in map(json.loads, (run_dir / "decisions.jsonl").open())
-             if d["kind"] == "move"]  # fmt: skip
+    moves = [{**d, "t": d["unix_time"] - t0} for d in RunFolder(run_dir).decisions("move")]
     t = np.array([m["time"] for m in lines])
     smooth = rolling(t, np.array([m["env_steps_per_s"] for m in lines]), 3.0)
     reached = np.flatnonzero(smooth >= 0.9 * best)

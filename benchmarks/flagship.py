@@ -27,7 +27,9 @@ from pathlib import Path
 
 from benchmarks.common import write_results
 from benchmarks.scaling import single_process_rate
+from mp_rl import runfolder
 from mp_rl.config import load_config
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.ringspec import RingSpec
 
 
@@ -43,9 +45,8 @@ def run_system(config: str, minutes: float, runs_dir: Path, overrides: list[str]
 
 def steady(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(all status lines, those after the first fifth of the run)."""
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    end = lines[-1]["time"]
-    return lines, [m for m in lines if m["time"] >= end / 5]
+    lines = RunFolder(run_dir).metrics()
+    return lines, runfolder.steady(lines)
 
 
 def rate(rows: list[dict], key: str) -> float:

@@ -78,7 +78,7 @@ def measure(name: str, batch: int, compile_mode: str, device: torch.device, seco
     path, capacity, rate = ROWS[name]
     cfg = load_config(path, [f"learner.device={device.type}", f"learner.batch_size={batch}",
                              f"learner.max_batch_size={max(batch, 8)}", "replay.samples_per_insert=null",
-                             f"replay.capacity={capacity}", f"replay.capacity_max={capacity}",
+                             f"replay.capacity={capacity}", f"replay.max_capacity={capacity}",
                              f"replay.min_fill={4 * batch}", f"learner.compile={compile_mode}"])  # fmt: skip
     p = plan(cfg)
     ctx = mp.get_context("spawn")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from benchmarks.common import table, write_results
 from mp_rl.config import load_config
+from mp_rl.runfolder import RunFolder
 
 ENVS = {
     "cartpole": dict(id="CartPole-v1", config="configs/cartpole.yaml", threshold=475.0, budget=90.0,
@@ -68,8 +69,8 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[st
     if proc.returncode != 0:
         raise SystemExit(f"mp_rl failed ({proc.returncode}):\n{''.join(x for _, x in lines)[-2000:]}")
     run_dir = max(runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
-    learner = load_config(run_dir / "config.yaml").learner  # the network it trained (auto: as resolved)
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    learner = load_config(RunFolder(run_dir).config).learner  # the network it trained (auto: as resolved)
+    metrics = RunFolder(run_dir).metrics()
     # The evaluation that reached the target stops the run: "stopping: evaluation return ... reached run.target_return"
     reached = next((t for t, x in lines if "reached run.target_return" in x), None)
     stopped = metrics[-1]

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from mp_rl import runfolder
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.system.telemetry import Delta
 from mp_rl.tools.status import View, member_name
@@ -167,7 +169,7 @@ def plot(path: Path, timeline: list[dict]) -> str:
 
 
 def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, shares: dict, notes: list[str]) -> str:
-    steady = timeline[len(timeline) // 5 :] or timeline  # the first fifth is start-up
+    steady = runfolder.steady(timeline)
 
     def mean(key):
         vals = [x[key] for x in steady if x[key] is not None]
@@ -188,8 +190,7 @@ def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, s
     names, counts = np.unique(seen, return_counts=True) if seen else ([], [])
     ranked = sorted(zip(names, counts, strict=True), key=lambda p: -p[1])
     bottlenecks = [f"- {n}: {c / len(seen):.0%} of ticks" for n, c in ranked]
-    dec = run_dir / "decisions.jsonl"
-    moves = [d for d in map(json.loads, dec.read_text().splitlines()) if d["kind"] == "move"] if dec.exists() else []
+    moves = RunFolder(run_dir).decisions("move")
     ops = run_dir / "profile" / "learner_top_ops.txt"
     lines = [
         f"# mp_rl profile: {args.config}, {args.seconds:g} s", "", f"Run folder: `{run_dir}`", "",

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import table, write_results
+from mp_rl.runfolder import LOGS
 
 ENVS = {
     "cartpole": ("configs/cartpole.yaml", []),
@@ -45,7 +46,7 @@ def ring_for(env: str):
     from mp_rl.start.preflight import plan
 
     path, extra = ENVS[env]
-    cfg = load_config(path, [*extra, f"replay.capacity={CAPACITY}", f"replay.capacity_max={CAPACITY}"])
+    cfg = load_config(path, [*extra, f"replay.capacity={CAPACITY}", f"replay.max_capacity={CAPACITY}"])
     p = plan(cfg, check=False)
     return p.ring, p.numel
 
@@ -153,7 +154,7 @@ def bench_env(env: str, cluster, worker, n: int, seconds: float, repeats: int) -
     spec, numel = ring_for(env)
     rows, frames, nbytes = block_for(spec)
     folder = Path(tempfile.mkdtemp(prefix=f"ray-ingest-{env}-"))
-    (folder / "logs").mkdir()
+    (folder / LOGS).mkdir()
     run_id = f"bench-ray-{env}-{os.getpid()}"
     shared = SharedRun.create(folder, run_id, spec, RateLimit(None, 1, 0, spec.block, 64), numel, n + 4)
     head = ray.get_runtime_context().get_node_id()

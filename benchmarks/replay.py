@@ -42,7 +42,7 @@ LAYOUTS = {"whole rows": False, "frame rows": True}
 def pong_config(frames_once: bool, extra: tuple[str, ...] = ()):
     return load_config("configs/threadripper.yaml", [
         "learner.device=cpu", f"env.envs_per_actor={ENVS}", f"replay.frames_once={str(frames_once).lower()}",
-        f"replay.capacity={ROWS}", f"replay.capacity_max={ROWS}", "replay.min_fill=64", "actors.count=1", *extra,
+        f"replay.capacity={ROWS}", f"replay.max_capacity={ROWS}", "replay.min_fill=64", "actors.count=1", *extra,
     ])  # fmt: skip
 
 
@@ -164,7 +164,7 @@ def plan_rows(pong: dict) -> list[dict]:
              "value": f"{(2e6 * row + fixed) / 2**30:,.1f} GiB ({row + fixed / 2e6:,.0f} B a row)"},
             {"what": f"{name}: capacity auto start, 64 GB machine (a quarter of it, computed)",
              "value": f"{min(cap, 16e9 // p.ring.bytes_per_row):,.0f} rows"
-                      + (" (all of capacity_max)" if 16e9 // p.ring.bytes_per_row >= cap else "")},
+                      + (" (all of max_capacity)" if 16e9 // p.ring.bytes_per_row >= cap else "")},
             {"what": f"{name}: capacity auto start here (preflight)", "value": f"{p.knobs.capacity.start:,} rows"},
         ]  # fmt: skip
     sb3 = 4 * 84 * 84 + 8 + 4 + 4 + 8  # one stacked observation per row, next_obs is the next row's

@@ -16,13 +16,13 @@ replay from its bytes (frame rows: each frame once) at the rate these runs wrote
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks.common import table, write_results
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.ringspec import RingSpec
 
 SAVED = re.compile(r"replay saved for --resume: ([\d,]+) rows, ([\d,.]+) MiB in ([\d.]+) s")
@@ -38,14 +38,14 @@ def run(args: list[str], runs_dir: Path) -> tuple[str, Path]:
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    lines = RunFolder(run_dir).metrics()
     return [(m["env_steps"], m["return_mean"]) for m in lines if m.get("return_mean") is not None]
 
 
 def stop_and_resume(config: str, seconds: float, runs_dir: Path, extra: list[str]) -> dict:
     """Run `seconds / 2`, stop, resume for `seconds / 2`: the costs and the run folder."""
     first, run_dir = run(["--config", config, f"run.wall_time_s={seconds / 2:g}", *extra], runs_dir)
-    stop_at = json.loads((run_dir / "summary.json").read_text())["env_steps"]
+    stop_at = RunFolder(run_dir).summary()["env_steps"]
     second, _ = run(["--resume", str(run_dir), f"run.wall_time_s={seconds / 2:g}"], runs_dir)
     saved, restored = SAVED.search(first), RESTORED.search(second)
     if not (saved and restored):

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from mp_rl.agent.actor import Actor
 from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.models import build_q_network
 from mp_rl.config import load_config
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.sync import RateLimit
 from mp_rl.start import resources
@@ -158,7 +158,7 @@ def system_rate(cfg, actors: int, seconds: float, warmup: float) -> dict:
     run_dir = new_run_dir(cfg)
     with contextlib.redirect_stdout(io.StringIO()):
         Supervisor(run_plan, run_dir).run()
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = RunFolder(run_dir).metrics()
     # The window starts `warmup` seconds after the first env steps, not after the start: spawning many
     # actors, importing torch and initialising a device take a machine-dependent while.
     first = next((m["time"] for m in lines if m["env_steps_per_s"] > 0), 0.0)

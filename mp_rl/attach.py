@@ -53,7 +53,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
     import torch  # after the handlers: a Ctrl-C during these imports is remembered too
 
     from mp_rl.agent.actor import Actor
-    from mp_rl.system.shells import child_setup, env_spec_of
+    from mp_rl.system.entrypoints import child_setup, env_spec_of
 
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{shared.control.max_members} member slots are free, {args.actors} asked")  # fmt: skip
         if args.ray is not None:
             from mp_rl.remote.ray_attach import run_on_ray
-            from mp_rl.system.shells import spec_from_info
+            from mp_rl.system.entrypoints import spec_from_info
 
             return run_on_ray(args.run_dir, run_id, args.actors, cfg, spec_from_info(info), ring, args.ray)
     except (ValueError, AttachError, ConfigError) as exc:
@@ -138,7 +138,7 @@ def run_attached(run_dir: str, run_id: str, n: int, cpus: list[int] | None, over
     """Start the actors; on Ctrl-C they detach themselves (each got the SIGINT); wait for them."""
     from setproctitle import setproctitle
 
-    from mp_rl.system.shells import title
+    from mp_rl.system.entrypoints import title
 
     setproctitle(title(run_id, "attach"))
     ctx, me = mp.get_context("spawn"), os.getpid()

@@ -93,7 +93,9 @@ class EnvConfig(_Section):
 
 class ActorsConfig(_Section):
     count: int | Auto = Field(2, description="Actor processes: a number, or 'auto' for the monitor to choose.")
-    initial: int | None = Field(None, ge=1, description="With count 'auto': actors to start with (null: what fits).")
+    initial_count: int | None = Field(
+        None, ge=1, description="With count 'auto': actors to start with (null: what fits)."
+    )
     max_count: int = Field(64, ge=1, le=4096, description="Upper bound on actors (clamped to usable CPUs).")
     eps_base: float = Field(
         0.4, ge=0, le=1, description="Ape-X epsilon base: explorer i of N uses eps ** (1 + alpha*i/(N-1))."
@@ -120,8 +122,12 @@ class ReplayConfig(_Section):
     initial_capacity: int | None = Field(
         None, ge=64, description="With capacity 'auto': rows to start with (null: a quarter of available memory)."
     )
-    capacity_max: int = Field(
-        1_000_000, ge=1024, le=10**9, description="Rows reserved up front (pages commit on first touch)."
+    min_capacity: int = Field(10_000, ge=64, description="With capacity 'auto': the smallest the monitor may choose.")
+    max_capacity: int = Field(
+        1_000_000,
+        ge=1024,
+        le=10**9,
+        description="Rows reserved up front (pages commit on first touch): the most the monitor may choose.",
     )
     min_fill: int = Field(1_000, ge=1, description="Rows in the ring before the learner samples.")
     samples_per_insert: float | None = Field(
@@ -145,9 +151,9 @@ class ReplayConfig(_Section):
 
     @model_validator(mode="after")
     def _capacity_range(self) -> ReplayConfig:
-        if self.capacity != "auto" and not 1024 <= self.capacity <= self.capacity_max:
+        if self.capacity != "auto" and not 1024 <= self.capacity <= self.max_capacity:
             raise ValueError(
-                f"capacity: must be 'auto' or 1024..capacity_max ({self.capacity_max}), got {self.capacity}"
+                f"capacity: must be 'auto' or 1024..max_capacity ({self.max_capacity}), got {self.capacity}"
             )
         return self
 
@@ -217,7 +223,6 @@ class MonitorConfig(_Section):
     decide_every_s: float = Field(1.0, gt=0, le=600, description="Seconds between two rounds of decisions.")
     window_s: float = Field(3.0, gt=0, le=600, description="Seconds of history averaged for a decision.")
     history_s: float = Field(300.0, gt=0, description="Seconds of snapshots kept (trends).")
-    capacity_min: int = Field(10_000, ge=64, description="Smallest replay capacity the monitor may choose.")
     bottleneck: float = Field(0.85, gt=0, le=1, description="A resource busier than this is a bottleneck.")
     potential: float = Field(0.70, gt=0, le=1, description="Busier than this: a potential bottleneck.")
     headroom: float = Field(0.50, gt=0, le=1, description="Less busy than this: room to grow.")
@@ -320,6 +325,22 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
+# Keys spelled otherwise before each knob's triple read `<knob>`, `initial_<knob>`, `min_<knob>`,
+# `max_<knob>`: a run folder's config.yaml from then still loads (for --resume and evaluate).
+RENAMED = {("actors", "initial"): ("actors", "initial_count"), ("replay", "capacity_max"): ("replay", "max_capacity"),
+           ("monitor", "capacity_min"): ("replay", "min_capacity")}  # fmt: skip
+
+
+def _renamed(raw: dict) -> None:
+    for (section, old), (new_section, new) in RENAMED.items():
+        node = raw.get(section)
+        if isinstance(node, dict) and old in node:
+            value = node.pop(old)
+            target = raw.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new, value)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read, override and validate a config; raises ConfigError with one line on bad input."""
     raw: Any = {}
@@ -343,6 +364,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
+    _renamed(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

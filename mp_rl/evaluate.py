@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from mp_rl.agent import checkpoint
-from mp_rl.agent.envs import EnvError, env_factory, probe
+from mp_rl.agent.envs import env_factory, probe
+from mp_rl.agent.envspec import EnvError
 from mp_rl.agent.evaluation import greedy_returns
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.cli import TRUST_FLAG, TRUST_HELP, Parser, check_imports, fail
 from mp_rl.config import ConfigError, load_config
+from mp_rl.runfolder import CONFIG, RunFolder
 
 
 class EvaluateError(ValueError):
@@ -30,12 +32,12 @@ class EvaluateError(ValueError):
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     """`best`, `final`, or a path; `best` falls back to `final` for a run that never evaluated."""
-    folder = run_dir / "checkpoints"
+    folder = RunFolder(run_dir)
     if which in ("best", "final"):
-        for name in ["best.pt", "final.pt"] if which == "best" else ["final.pt"]:
-            if (folder / name).is_file():
-                return folder / name
-        raise EvaluateError(f"{run_dir}: no {which} checkpoint in {folder}")
+        for path in [folder.best, folder.final] if which == "best" else [folder.final]:
+            if path.is_file():
+                return path
+        raise EvaluateError(f"{run_dir}: no {which} checkpoint in {folder.checkpoints}")
     path = Path(which)
     if not path.is_file():
         raise EvaluateError(f"--checkpoint {which}: no such file")
@@ -45,9 +47,10 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
 def load_policy(run_dir: Path, which: str, trust_imports: bool = False):
     """(config, policy) of a run folder and one of its checkpoints, checked to fit each other. A config
     that names modules to import is refused unless `trust_imports` (`cli.check_imports`)."""
-    if not (run_dir / "config.yaml").is_file():
-        raise EvaluateError(f"{run_dir}: not an mp_rl run folder (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise EvaluateError(f"{run_dir}: not an mp_rl run folder (no {CONFIG})")
+    cfg = load_config(folder.config)
     check_imports(run_dir, cfg.env, trust_imports)
     path = checkpoint_path(run_dir, which)
     try:

@@ -8,12 +8,13 @@ folder (or `--out`). They come from what the run leaves: `metrics.jsonl` (the st
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from mp_rl import runfolder
 from mp_rl.cli import Parser, fail, owner_only
+from mp_rl.runfolder import METRICS, RunFolder
 
 PNG, TEXT = "training_report.png", "training_summary.txt"
 
@@ -22,34 +23,16 @@ class ReportError(ValueError):
     """Not a run folder, or one with nothing to report yet; str() is the one line to show."""
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The intact lines of a JSON-lines file (a live run may be writing its last one)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            out.append(row)
-    return out
-
-
 def load(run_dir: Path) -> dict:
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").exists():
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
         raise ReportError(f"{run_dir}: not an mp_rl run folder")
-    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if isinstance(m.get("unix_time"), (int, float))]
+    metrics = folder.metrics()
     if not metrics:
-        raise ReportError(f"{run_dir}: no metrics yet (metrics.jsonl is empty or missing)")
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    moves = [d for d in read_jsonl(run_dir / "decisions.jsonl") if d.get("kind") == "move" and "unix_time" in d]
-    return {"run": run_dir.name, "metrics": metrics, "learner": read_jsonl(run_dir / "learner.jsonl"),
-            "moves": moves, "summary": summary if isinstance(summary, dict) else {}}  # fmt: skip
+        raise ReportError(f"{run_dir}: no metrics yet ({METRICS} is empty or missing)")
+    moves = [d for d in folder.decisions("move") if "unix_time" in d]
+    return {"run": run_dir.name, "metrics": metrics, "learner": folder.learner_stats(), "moves": moves,
+            "summary": folder.summary()}  # fmt: skip
 
 
 def column(rows: list[dict], key: str) -> np.ndarray:
@@ -136,7 +119,7 @@ def plot(data: dict, path: Path) -> None:
 def summary_text(data: dict) -> str:
     m, s = data["metrics"], data["summary"]
     last, minutes = m[-1], (m[-1]["unix_time"] - m[0]["unix_time"]) / 60
-    steady = m[len(m) // 5 :] or m  # after the first fifth: warm-up excluded
+    steady = runfolder.steady(m, "unix_time")  # a resumed run's `time` starts again from 0
     med = lambda k: np.nanmedian(column(steady, k)) if not np.isnan(column(steady, k)).all() else float("nan")  # noqa: E731
     evals = column(m, "eval_return")
     best = s.get("best_eval_return", np.nanmax(evals) if not np.isnan(evals).all() else None)

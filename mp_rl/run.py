@@ -20,6 +20,7 @@ from mp_rl.agent import checkpoint
 from mp_rl.agent.models import q_network
 from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
+from mp_rl.runfolder import CHECKPOINTS, CONFIG, LOGS, RunFolder
 from mp_rl.shm import ringsave
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.shm.segment import SegmentError
@@ -47,7 +48,7 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
     """(config.yaml, checkpoint path, checkpoint) of a run folder that can be resumed; StartError otherwise."""
     if not run_dir.is_dir():
         raise StartError(f"--resume {run_dir}: not an mp_rl run folder (no such folder)")
-    for need in ("config.yaml", "logs", "checkpoints"):
+    for need in (CONFIG, LOGS, CHECKPOINTS):
         if not (run_dir / need).exists():
             raise StartError(f"--resume {run_dir}: not an mp_rl run folder (no {need})")
     try:
@@ -67,14 +68,15 @@ def resume_source(run_dir: Path) -> tuple[Path, Path, dict]:
     for path, why in damaged:  # said once, on one line each; the good older checkpoint is used
         print(f"mp_rl.run: --resume: checkpoint {path.name} cannot be read ({why}); using {ckpt.name}",
               file=sys.stderr)  # fmt: skip
-    return run_dir / "config.yaml", ckpt, state
+    return RunFolder(run_dir).config, ckpt, state
 
 
 def writable(run_dir: Path) -> None:
     """StartError unless a resumed run can write where it will (its logs, its checkpoints), checked by
     trying, since permission bits do not bind root and a read-only mount binds everyone; leaves nothing."""
-    tries = [(run_dir / sub, lambda p: tempfile.TemporaryFile(dir=p).close()) for sub in ("logs", "checkpoints")]
-    log = run_dir / "logs" / "supervisor.log"
+    folder = RunFolder(run_dir)
+    tries = [(sub, lambda p: tempfile.TemporaryFile(dir=p).close()) for sub in (folder.logs, folder.checkpoints)]
+    log = folder.log("supervisor")
     if log.exists() or log.is_symlink():
         tries.append((log, lambda p: open(p, "a").close()))
     for path, attempt in tries:
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StartError) as exc:
         return fail("mp_rl.run", exc)
     logging.basicConfig(
-        filename=run_dir / "logs" / "supervisor.log",
+        filename=RunFolder(run_dir).log("supervisor"),
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return start(run_plan, run_dir, ckpt, state, counters, args.retune)
     except SegmentError as exc:  # the shared memory could not be made: nothing was started
-        if not args.resume and not any((run_dir / "checkpoints").glob("*.pt")):
+        if not args.resume and not any(RunFolder(run_dir).checkpoints.glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder holds only what this start wrote
         return fail("mp_rl.run", exc)
 

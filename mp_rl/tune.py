@@ -1,6 +1,6 @@
 """`python -m mp_rl.tune --config configs/<name>.yaml [key.sub=value ...] [--retune] [--json]`.
 
-Runs the auto-tuner's search (`mp_rl.start.tune`) in a short throwaway run of the config, prints each
+Runs the auto-tuner's search (`mp_rl.start.autotune`) in a short throwaway run of the config, prints each
 trial and the point it chose, and caches it: the next `mp_rl.run` of this config with
 `run.autotune=true` starts there at once. With a cached point it only probes it (`--retune` searches
 anyway). The replay's min_fill is lowered to a few blocks, so the search measures the replay ratio
@@ -14,10 +14,10 @@ import json
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 from mp_rl.cli import config_parser, fail, owner_only
 from mp_rl.config import ConfigError, load_config
+from mp_rl.runfolder import RunFolder
 from mp_rl.start import cache
 from mp_rl.start.preflight import StartError, new_run_dir, plan
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
             code = Supervisor(run_plan, run_dir, retune=args.retune, stop_when_tuned=True).run()
-        found = Path(run_dir) / "autotune.json"
+        found = RunFolder(run_dir).autotune
         if code or not found.exists():
             print("mp_rl.tune: the tuning run stopped before it finished (see above)", file=sys.stderr)
             return 1

@@ -13,7 +13,8 @@ import pytest
 import torch
 from system_helpers import REPO
 
-from mp_rl.agent.envs import EnvError, probe
+from mp_rl.agent.envs import probe
+from mp_rl.agent.envspec import EnvError
 from mp_rl.agent.models import NetworkError, build_q_network, choose, image_layout
 from mp_rl.config import EnvConfig
 

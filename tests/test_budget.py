@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from system_helpers import REPO, wait_for
@@ -82,7 +81,8 @@ def test_each_estimate_is_within_a_fifth_of_what_a_live_run_measures(live):
     runs = {name: live("--config", *args, *keep) for name, args in LIVE.items()}
     for name, run in runs.items():
         wait_for(lambda r=run: any(m.get("updates", 0) >= 20 for m in r.metrics()), 150, f"{name} to train")
-    time.sleep(3)  # a few seconds of training and an evaluation: buffers at their working size
+    for name, run in runs.items():  # an evaluation has run too: every buffer is at its working size
+        wait_for(lambda r=run: any(m.get("eval_return") is not None for m in r.metrics()), 60, f"{name}'s evaluation")
     measured = {name: _measure(run) for name, run in runs.items()}
     for run in runs.values():
         assert run.stop(60)[0] == 0
@@ -114,11 +114,11 @@ def _budget(**limits) -> budget.Budget:
 def test_a_start_that_does_not_fit_is_refused_with_what_would(monkeypatch):
     small = 2 * 2**30
     monkeypatch.setattr(resources, "available_memory", lambda root=None: small)
-    cfg = load_config("configs/smoke.yaml", ["replay.capacity=30000000", "replay.capacity_max=30000000"])
+    cfg = load_config("configs/smoke.yaml", ["replay.capacity=30000000", "replay.max_capacity=30000000"])
     with pytest.raises(StartError, match=r"does not fit: needs .* memory.*would fit with replay.capacity=(\d+)") as e:
         plan(cfg)
     rows = int(str(e.value).split("replay.capacity=")[1].split()[0])
-    fixed = load_config("configs/smoke.yaml", [f"replay.capacity={rows}", "replay.capacity_max=30000000"])
+    fixed = load_config("configs/smoke.yaml", [f"replay.capacity={rows}", "replay.max_capacity=30000000"])
     p = plan(fixed)  # the suggestion fits, and one row more would not
     assert not p.budget.problems(dataclasses.replace(point(fixed, p.knobs), capacity=rows))
     assert p.budget.problems(dataclasses.replace(point(fixed, p.knobs), capacity=int(rows * 1.01)))
@@ -182,7 +182,7 @@ def test_plan_cli_prints_every_component_and_a_verdict(capsys):
 
 def test_plan_cli_says_when_a_run_does_not_fit_and_what_would(capsys, monkeypatch):
     monkeypatch.setattr(resources, "available_memory", lambda root=None: 2**30)
-    args = ["--config", "configs/smoke.yaml", "replay.capacity=20000000", "replay.capacity_max=20000000"]
+    args = ["--config", "configs/smoke.yaml", "replay.capacity=20000000", "replay.max_capacity=20000000"]
     assert plan_cli.main(args) == 1
     out = capsys.readouterr().out
     assert "does NOT fit" in out and "it would fit with replay.capacity=" in out

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from mp_rl.config import load_config
-from mp_rl.start import cache, footprint, sizing, tune
+from mp_rl.start import autotune, cache, footprint, sizing
 from mp_rl.start.preflight import plan
 
 
@@ -18,11 +18,11 @@ from mp_rl.start.preflight import plan
 def smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     p = plan(load_config("configs/smoke.yaml"))
-    return p, tune.for_run(p, None, lambda: True).key
+    return p, autotune.for_run(p, None, lambda: True).key
 
 
 def _entry(p, **point) -> dict:
-    start = dataclasses.asdict(tune.for_run(p, None, lambda: True).best)
+    start = dataclasses.asdict(autotune.for_run(p, None, lambda: True).best)
     return {"point": {**start, **point}, "rate": 5000.0}
 
 
@@ -34,7 +34,7 @@ def _entry(p, **point) -> dict:
 def test_an_autotune_entry_with_a_bad_point_is_ignored_with_one_line(smoke, bad, caplog):
     p, key = smoke
     cache.save("autotune", key, _entry(p, **bad))
-    assert tune.for_run(p, None, lambda: True).cached is None
+    assert autotune.for_run(p, None, lambda: True).cached is None
     lines = [r.getMessage() for r in caplog.records if r.name == "mp_rl.cache"]
     assert len(lines) == 1 and "ignored" in lines[0] and f"autotune-{key}.json" in lines[0]
 
@@ -42,7 +42,7 @@ def test_an_autotune_entry_with_a_bad_point_is_ignored_with_one_line(smoke, bad,
 def test_an_entry_with_a_key_its_dataclass_does_not_take_is_ignored(smoke, tmp_path):
     p, key = smoke
     cache.save("autotune", key, _entry(p, threads=4))
-    assert tune.for_run(p, None, lambda: True).cached is None
+    assert autotune.for_run(p, None, lambda: True).cached is None
     good = {"bare": 10 << 20, "imported": 200 << 20, "actor": 250 << 20, "learner": 300 << 20}
     cache.save("footprint", "k", {**good, "gpu": 1})
     assert cache.load("footprint", "k", footprint.CachedBases) is None
@@ -51,14 +51,14 @@ def test_an_entry_with_a_key_its_dataclass_does_not_take_is_ignored(smoke, tmp_p
 def test_an_autotune_entry_with_a_string_rate_is_ignored(smoke):
     p, key = smoke
     cache.save("autotune", key, {**_entry(p), "rate": "5000"})
-    assert tune.for_run(p, None, lambda: True).cached is None
+    assert autotune.for_run(p, None, lambda: True).cached is None
 
 
 def test_a_cached_point_is_clamped_to_the_plans_bounds(smoke):
     """The smoke plan allows 1 actor and its search 2..8 envs: 70 actors and 4,096 envs are not applied."""
     p, key = smoke
     cache.save("autotune", key, _entry(p, actors=70, envs_per_actor=4096, batch=1 << 20))
-    t = tune.for_run(p, None, lambda: True)
+    t = autotune.for_run(p, None, lambda: True)
     assert t.best.actors == max(t.space.actors) == 1
     assert t.best.envs_per_actor == max(t.space.envs) and t.best.batch == max(t.space.batch)
     assert t.best.capacity == p.knobs.capacity.start

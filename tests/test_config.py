@@ -104,3 +104,17 @@ def test_the_cli_prints_the_resolved_config():
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["learner"]["lr"] == 0.01
+
+
+def test_each_knobs_triple_is_spelled_alike_and_old_spellings_still_load(tmp_path):
+    """`<knob>`, `initial_<knob>`, `min_<knob>`, `max_<knob>` for actors, batch and capacity; a run
+    folder's config.yaml written with the old keys loads to the same values (resume, evaluate)."""
+    for section, knob in (("actors", "count"), ("learner", "batch_size"), ("replay", "capacity")):
+        fields = Config.model_fields[section].annotation.model_fields
+        assert knob in fields and f"initial_{knob}" in fields and f"max_{knob}" in fields, section
+    old = tmp_path / "config.yaml"
+    old.write_text("actors: {count: auto, initial: 3}\nreplay: {capacity: auto, capacity_max: 50000}\n"
+                   "monitor: {capacity_min: 2048}\n")  # fmt: skip
+    cfg = load_config(old)
+    assert (cfg.actors.initial_count, cfg.replay.max_capacity, cfg.replay.min_capacity) == (3, 50000, 2048)
+    assert load_config(None, ["replay.capacity=auto", "replay.capacity_max=4096"]).replay.max_capacity == 4096

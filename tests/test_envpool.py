@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mp_rl.agent.envs import EnvError, make_vector_env, probe
+from mp_rl.agent.envs import make_vector_env, probe
+from mp_rl.agent.envspec import EnvError
 from mp_rl.config import load_config
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.sampler import read_rows

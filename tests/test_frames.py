@@ -270,13 +270,13 @@ def test_capacity_auto_the_memory_check_and_the_monitor_count_a_frame_rows_bytes
         return load_config("configs/smoke.yaml", ["env.id=mp_rl.testing:StackedStampFrames", "replay.capacity=auto",
                                                   f"replay.frames_once={str(frames_once).lower()}", *more])  # fmt: skip
 
-    huge = "replay.capacity_max=100000000"
+    huge = "replay.max_capacity=100000000"
     framed, whole = plan(cfg(True, huge)), plan(cfg(False, huge))
     assert framed.ring.bytes_per_row < whole.ring.bytes_per_row / 6
     ratio = framed.knobs.capacity.start / whole.knobs.capacity.start
     assert ratio == pytest.approx(whole.ring.bytes_per_row / framed.ring.bytes_per_row, rel=0.05)
     rows = int(0.9 * resources.available_memory() / whole.ring.bytes_per_row * 1.5)  # fits as frame rows only
-    sized = (f"replay.capacity={rows}", f"replay.capacity_max={rows}")
+    sized = (f"replay.capacity={rows}", f"replay.max_capacity={rows}")
     assert plan(cfg(True, *sized)).knobs.capacity.start == rows
     with pytest.raises(StartError, match="does not fit"):
         plan(cfg(False, *sized))

@@ -55,10 +55,7 @@ def test_an_actor_held_by_the_rate_limiter_keeps_beating_and_leaves_when_retired
     cfg, p, shared = held_run
     actor, slot, thread = actor_thread(cfg, p, shared)
     try:
-        deadline = time.monotonic() + 10
-        while shared.ring.inserts < 64 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_for(lambda: actor.held_since is not None, 10, "the actor held by the rate limiter")
         before = shared.ring.inserts
         time.sleep(2.5)  # held all along: nobody samples
         assert shared.ring.inserts == before and thread.is_alive()
@@ -77,7 +74,7 @@ def test_an_attached_actor_held_by_the_rate_limiter_leaves_when_its_run_is_gone(
     gone = threading.Event()
     actor, _, thread = actor_thread(cfg, p, shared, run_alive=lambda: not gone.is_set())
     try:
-        time.sleep(1.0)
+        wait_for(lambda: actor.held_since is not None, 10, "the actor held by the rate limiter")
         gone.set()  # its supervisor was SIGKILLed: no stop flag will ever come
         thread.join(3)
         assert not thread.is_alive(), "an attached actor outlived its run inside the blocked loop"
@@ -253,7 +250,7 @@ def test_a_run_folder_and_what_it_holds_are_owner_only(tmp_path):
     cfg = load_config("configs/smoke.yaml", [f"run.runs_dir={tmp_path}"])
     folder = new_run_dir(cfg)
     from mp_rl.agent import checkpoint
-    from mp_rl.shm.manifest import write_json_atomic
+    from mp_rl.files import write_json_atomic
 
     checkpoint.save(folder / "checkpoints" / "final.pt", {"x": 1})
     write_json_atomic(folder / "summary.json", {})

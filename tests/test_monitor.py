@@ -7,8 +7,9 @@ import json
 import pytest
 
 from mp_rl.config import load_config
-from mp_rl.monitor.monitor import DECISIONS, Monitor
+from mp_rl.monitor.monitor import Monitor
 from mp_rl.monitor.sources import MachineSource
+from mp_rl.runfolder import DECISIONS
 from mp_rl.shm import RateLimit, SharedRun
 from mp_rl.shm.control import ATTACHED, Kind
 from mp_rl.start.preflight import plan

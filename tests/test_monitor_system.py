@@ -49,7 +49,7 @@ def test_a_starved_learner_on_an_idle_machine_gets_more_actors(live, backend):
         *LONG,
         *FAST,
         "actors.count=auto",
-        "actors.initial=1",
+        "actors.initial_count=1",
         "replay.samples_per_insert=0.25",
         f"env.backend={backend}",
     )
@@ -71,8 +71,8 @@ def test_a_starved_learner_on_an_idle_machine_gets_more_actors(live, backend):
 def test_ram_pressure_shrinks_the_replay_and_its_memory_really_goes(live, tmp_path):
     fake = tmp_path / "memory.json"
     fake.write_text(json.dumps({"total": 16 << 30, "available": int(0.35 * (16 << 30))}))  # 35 %: hold
-    replay = ["replay.capacity=auto", "replay.initial_capacity=65536", "replay.capacity_max=65536",
-              "monitor.capacity_min=1024", "replay.samples_per_insert=null"]  # fmt: skip
+    replay = ["replay.capacity=auto", "replay.initial_capacity=65536", "replay.max_capacity=65536",
+              "replay.min_capacity=1024", "replay.samples_per_insert=null"]  # fmt: skip
     run = live(*LONG, *FAST, *replay, env={FAKE_MEMORY_ENV: str(fake)})
     actor = run.wait_members({"actor-0", "monitor"})["actor-0"]
     wait_for(lambda: run.metrics() and run.metrics()[-1]["replay_size"] >= 65000, 90, "a full replay")

@@ -99,7 +99,7 @@ def test_the_learner_trains_on_cuda_with_amp_prefetch_and_pinned_publishing(tmp_
 
 def _pinned_affinity(cfg_json: dict, index: int | None, out) -> None:
     from mp_rl.config import Config
-    from mp_rl.system.shells import pin
+    from mp_rl.system.entrypoints import pin
 
     pin(Config.model_validate(cfg_json), index)
     out.put(sorted(os.sched_getaffinity(0)))

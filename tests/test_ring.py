@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mp_rl.shm.ring import ReplayRing, RingSpec, rows_like
+from mp_rl.shm.ring import ReplayRing, RingSpec, Written, rows_like
 from mp_rl.shm.segment import PAGE
 from mp_rl.shm.sync import RateLimit
 from mp_rl.testing import check_rows, checked_spec, make_rows
@@ -72,7 +72,7 @@ def test_sampler_draws_only_inside_the_live_window(ring):
 
 def test_stale_slot_is_rejected_by_its_stamp(ring):
     w = ring.writer(token=1)
-    w.write(make_rows(0, 0, 64))
+    assert w.write(make_rows(0, 0, 64)) is Written.ROWS
     ring.stamps[:64] = 0  # as if a writer were mid-block on every row
     assert ring.sampler(8).sample(8, timeout=0.2) is None
 
@@ -80,7 +80,7 @@ def test_stale_slot_is_rejected_by_its_stamp(ring):
 def test_lapped_writer_voids_instead_of_sharing_a_block(ring):
     w = ring.writer(token=1)
     ring.leases[0] = 99  # another writer holds block 0
-    assert w.write(make_rows(0, 0, 64))
+    assert w.write(make_rows(0, 0, 64)) is Written.VOIDED
     assert w.last_seq == -1
     assert ring.counts()["voided"] == 64 and ring.counts()["inserts"] == 0
     assert ring.void_member(99) == 1 and ring.leases[0] == 0

@@ -95,14 +95,15 @@ def test_a_writer_ahead_of_the_sampler_blocks_until_sampling(shm_name):
     limit = RateLimit(samples_per_insert=1.0, min_fill=64, error_buffer=128, block=64, max_batch=64)
     ring = ReplayRing.create(shm_name("ring"), checked_spec(4096), limit)
     try:
+        from mp_rl.shm.ring import Written
         from mp_rl.testing import make_rows
 
         w = ring.writer(1)
         k = 0
-        while w.write(make_rows(0, k, 64), timeout=0.05):
+        while (done := w.write(make_rows(0, k, 64), timeout=0.05)) is Written.ROWS:
             k += 64
-        assert k < 4096, "the limiter never held the writer back"
+        assert done is Written.HELD and k < 4096, "the limiter never held the writer back"
         assert ring.sampler(64).sample(64, timeout=1.0) is not None
-        assert w.write(make_rows(0, k, 64), timeout=1.0)  # sampling made room
+        assert w.write(make_rows(0, k, 64), timeout=1.0) is Written.ROWS  # sampling made room
     finally:
         ring.destroy()

@@ -168,7 +168,7 @@ def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
         (["--config", "configs/smoke.yaml", "env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0': Environment `NoSuchEnv`"),
         (["--config", "configs/smoke.yaml", "env.id=Pendulum-v1"], "needs a Discrete action space"),
         (["--config", "configs/smoke.yaml", "learner.device=cuda"], "learner.device: cuda requested"),
-        (["--config", "configs/smoke.yaml", "replay.capacity=900000000", "replay.capacity_max=900000000"],
+        (["--config", "configs/smoke.yaml", "replay.capacity=900000000", "replay.max_capacity=900000000"],
          "does not fit"),
         (["--resume", "/nonexistent/run"], "not an mp_rl run folder"),
     ],

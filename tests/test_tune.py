@@ -13,10 +13,10 @@ import pytest
 from system_helpers import REPO
 
 from mp_rl.config import load_config
-from mp_rl.start import cache, tune
+from mp_rl.start import autotune, cache
+from mp_rl.start.autotune import Space, Timing, Tuner
 from mp_rl.start.budget import Point
 from mp_rl.start.preflight import Span, plan
-from mp_rl.start.tune import Space, Timing, Tuner
 
 FAST = Timing(settle_s=0.5, window_s=0.5, windows=3)
 
@@ -144,7 +144,7 @@ def test_the_search_space_is_a_ladder_within_each_auto_knobs_bounds():
 def test_the_cache_key_changes_with_what_could_change_the_answer():
     def key(*overrides, space=None):
         p = plan(load_config("configs/smoke.yaml", list(overrides)))
-        return tune.cache_key(p.cfg, p.spec, p.budget, space or Space.of(p.cfg, p.knobs))
+        return autotune.cache_key(p.cfg, p.spec, p.budget, space or Space.of(p.cfg, p.knobs))
 
     base = key()
     assert key() == base
@@ -201,11 +201,11 @@ def test_tune_cli_searches_then_a_second_start_only_probes(tmp_path):
 def test_retune_and_a_stale_entry_search_again(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     p = plan(load_config("configs/smoke.yaml"))
-    first = tune.for_run(p, None, lambda: True)
+    first = autotune.for_run(p, None, lambda: True)
     assert first.cached is None
     entry = {"point": dataclasses.asdict(first.best), "rate": 5000.0}
     cache.save("autotune", first.key, entry)
-    assert tune.for_run(p, None, lambda: True).cached == entry
-    assert tune.for_run(p, None, lambda: True, retune=True).cached is None
+    assert autotune.for_run(p, None, lambda: True).cached == entry
+    assert autotune.for_run(p, None, lambda: True, retune=True).cached is None
     cache.save("autotune", first.key, {"point": {"actors": "x"}, "rate": 1})  # edited by hand
-    assert tune.for_run(p, None, lambda: True).cached is None
+    assert autotune.for_run(p, None, lambda: True).cached is None

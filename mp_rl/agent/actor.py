@@ -1,7 +1,8 @@
 """The actor: a vector env, a CPU copy of the policy, Ape-X epsilon, n-step rows written in blocks.
 
-`Actor` is a plain object (one process can run it, a test can step it); `system.shells.actor_main` is the
-process shell around it.
+`Actor` is a plain object (one process can run it, a test can step it); `system.entrypoints.actor_main` is the
+process shell around it. What it uses of its run is written down in `ports.ActorRun`: shared memory on
+the learner's machine (`SharedRun`), calls to an ingest on another (`remote.link.LinkedRun`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mp_rl.agent.envs import EnvSpec, make_actor_envs
+from mp_rl.agent.envs import make_actor_envs
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
+from mp_rl.ports import ActorRun
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import State
-from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.ring import RingClosed, RingSpec
 
 
@@ -55,7 +57,7 @@ class Actor:
     lane's C++ threads step and the other lane's step is still in flight.
     """
 
-    def __init__(self, cfg: Config, shared: SharedRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int,
+    def __init__(self, cfg: Config, shared: ActorRun, spec: EnvSpec, slot: int, index: int, count: int, seed: int,
                  follow_envs: bool = False):  # fmt: skip
         self.cfg, self.shared, self.spec, self.slot = cfg, shared, spec, slot
         self.index, self.count, self.seed = index, count, seed
@@ -64,7 +66,8 @@ class Actor:
         self.follow_envs = follow_envs
         self.policy = q_network(spec, cfg.learner)
         self.flat = flatten_parameters(self.policy)
-        self.weights = 0
+        self.weights_version = 0  # of the weights in `policy`, as the board numbered them
+        self.since_sync = 0  # env steps since they were read
         self.rng = np.random.default_rng(seed)
         self.asynchronous = cfg.env.backend == "envpool"
         self.lanes: list[Lane] = []
@@ -72,9 +75,7 @@ class Actor:
         want = shared.control.target("envs_per_actor") if follow_envs else 0
         self._make_lanes(want or cfg.env.envs_per_actor)
         self.writer = shared.ring.writer(token=slot + 1)
-        # Whole rows from several envs share blocks: a partial block is staged until it fills.
-        self.stage = {f.name: np.empty((shared.ring.spec.block, *f.shape), f.dtype) for f in shared.ring.spec.fields}
-        self.staged = 0
+        self.held_since: float | None = None  # monotonic time the rate limiter began holding a block back
         self.on_blocked: Callable[[], object] | None = None
         self.run_alive: Callable[[], bool] = lambda: True  # an attached actor's check on its supervisor
 
@@ -121,7 +122,7 @@ class Actor:
             f = ring.frames
             return FrameBlockBuilder(num_envs, f.shape, f.dtype, n, gamma, f.stack, ring.block)
         chunk = NStepBuilder.chunk_for(num_envs, spec.obs_shape, spec.obs_dtype)
-        return NStepBuilder(num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk)
+        return NStepBuilder(num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk, block=ring.block)
 
     # The first lane, by the names a one-lane actor has always had (tests and benchmarks swap its env).
     env = property(lambda self: self.lanes[0].env, lambda self, env: setattr(self.lanes[0], "env", env))
@@ -148,9 +149,7 @@ class Actor:
         lane = self.lanes[0]
         actions = self.act(lane.obs, lane.epsilons)
         lane.obs, reward, terminated, truncated, _ = lane.env.step(actions)
-        rows = lane.builder.add(actions, reward, lane.obs, terminated, truncated)
-        if rows is not None:
-            self._emit(rows, lane.builder)
+        self._emit(lane.builder.add(actions, reward, lane.obs, terminated, truncated), lane.builder)
         return len(actions)
 
     def _step_async(self) -> int:
@@ -164,40 +163,18 @@ class Actor:
         sent, lane.obs = lane.actions, obs
         lane.actions = self.act(obs, lane.epsilons)
         lane.env.send(lane.actions)  # the lane steps from here; its rows are built meanwhile
-        rows = lane.builder.add(sent, reward, obs, terminated, truncated)
-        if rows is not None:
-            self._emit(rows, lane.builder)
+        self._emit(lane.builder.add(sent, reward, obs, terminated, truncated), lane.builder)
         return len(sent)
 
-    def _emit(self, rows, builder: NStepBuilder) -> None:
-        """Write the chunk's rows, then report the chunk's finished episodes."""
-        if isinstance(rows, list):  # frame rows: a block per env, each with its frames
-            for fields, frames in rows:
-                self._write(fields, frames)
-        else:
-            self._emit_rows(rows)
+    def _emit(self, out, builder: NStepBuilder) -> None:
+        """Write what the builder returned, block by block, then report the chunk's finished episodes."""
+        if out is None:
+            return
+        for fields, frames in builder.blocks(out):
+            self._write(fields, frames)
         returns, lengths = builder.episodes
         if len(returns):
             self.shared.control.report_episodes(self.slot, returns, lengths)
-
-    def _emit_rows(self, rows: dict[str, np.ndarray]) -> None:
-        """Top up the staged partial block, write whole blocks straight from `rows`, stage the remainder."""
-        block, n, i = self.shared.ring.spec.block, len(rows["reward"]), 0
-        if self.staged:
-            i = min(block - self.staged, n)
-            self._stage(rows, 0, i)
-            if self.staged == block:
-                self._write({k: v[:block] for k, v in self.stage.items()})
-                self.staged = 0
-        while n - i >= block:
-            self._write({k: v[i : i + block] for k, v in rows.items()})
-            i += block
-        self._stage(rows, i, n)
-
-    def _stage(self, rows: dict[str, np.ndarray], a: int, b: int) -> None:
-        for name, buf in self.stage.items():
-            buf[self.staged : self.staged + b - a] = rows[name][a:b]
-        self.staged += b - a
 
     def _write(self, block: dict[str, np.ndarray], frames: np.ndarray | None = None) -> None:
         """One block into the ring, waiting (and counting the wait) while the rate limiter says no.
@@ -210,6 +187,7 @@ class Actor:
             return  # the common case: no wait, nothing to count
         control, t0 = self.shared.control, time.monotonic_ns()
         next_check, give_up = time.monotonic() + 1.0, float("inf")
+        self.held_since = time.monotonic()
         try:
             while not self.writer.write(block, timeout=0.0 if self.on_blocked else 0.25, frames=frames):
                 if control.stopping:
@@ -220,7 +198,7 @@ class Actor:
                 if now < next_check:
                     continue
                 next_check = now + 1.0  # about once a second: beat, and ask whether to go on
-                control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
+                control.heartbeat(self.slot, steps=self.steps, weights=self.weights_version)
                 if not self.run_alive():
                     raise Detached("the run is gone")
                 if control.state(self.slot) != State.RUNNING:
@@ -228,43 +206,47 @@ class Actor:
                 if now >= give_up:
                     raise Detached("retired while held by the rate limiter")
         finally:
+            self.held_since = None
             control.add("actor_blocked_ns", time.monotonic_ns() - t0)
 
     def finish(self) -> None:
         """A retiring actor completes what it has: the known rows of the open chunk, the partial block."""
         for lane in self.lanes:
-            rows = lane.builder.flush()
-            if rows is not None:
-                self._emit(rows, lane.builder)
-        if self.staged:
-            self._write({k: v[: self.staged] for k, v in self.stage.items()})
-            self.staged = 0
+            self._emit(lane.builder.flush(), lane.builder)
+            for fields, frames in lane.builder.rest():
+                self._write(fields, frames)
 
     def sync_weights(self) -> None:
-        self.weights = self.shared.board.read_into(self.flat, self.weights)
+        """Read the board's newest weights into `policy` (nothing is copied when they are not newer)."""
+        self.weights_version = self.shared.board.read_into(self.flat, self.weights_version)
+        self.since_sync = 0
+
+    def keep_weights_fresh(self, steps: int) -> None:
+        """Count `steps` more env steps; every `actors.sync_every` of them, read the newest weights.
+        The one cadence of the supervisor's actors, attached ones and serial mode."""
+        self.since_sync += steps
+        if self.since_sync >= self.cfg.actors.sync_every:
+            self.sync_weights()
 
     def run(self, run_alive: Callable[[], bool] | None = None) -> None:
         """Act until the run stops or this actor is retired (then finish the block and leave).
 
         `run_alive`, checked at each heartbeat and while held by the rate limiter, lets an actor
         attached by hand notice a supervisor that died without setting the stop flag."""
-        control, sync_every = self.shared.control, self.cfg.actors.sync_every
+        control = self.shared.control
         if run_alive is not None:
             self.run_alive = run_alive
-        since_sync = since_beat = 0
+        since_beat = 0
         reported = self.steps
         self.sync_weights()
         try:
             while not control.stopping and control.state(self.slot) == State.RUNNING:
                 width = self.step()
-                since_sync += width
+                self.keep_weights_fresh(width)
                 since_beat += width
-                if since_sync >= sync_every:
-                    self.sync_weights()
-                    since_sync = 0
                 if since_beat >= 256:
                     control.add("env_steps", self.steps - reported)
-                    control.heartbeat(self.slot, steps=self.steps, weights=self.weights)
+                    control.heartbeat(self.slot, steps=self.steps, weights=self.weights_version)
                     reported, since_beat = self.steps, 0
                     if not self.run_alive():
                         break

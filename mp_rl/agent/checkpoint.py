@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mp_rl.shm.manifest import private_file
+from mp_rl.files import private_file
+from mp_rl.runfolder import RunFolder
 
 
 def save(path: Path, payload: dict) -> None:
@@ -46,16 +47,16 @@ def newest(run_dir: Path) -> tuple[Path, dict, list[tuple[Path, str]]] | None:
     A final.pt from an earlier session is older than periodic checkpoints a later, killed, session
     wrote, and an empty or damaged newest file gives way to the next one down.
     """
-    folder = Path(run_dir) / "checkpoints"
+    folder, final_path = RunFolder(run_dir).checkpoints, RunFolder(run_dir).final
     periodic = [p for p in folder.glob("update-*.pt") if re.fullmatch(r"update-\d+", p.stem)]  # no stray names
     periodic.sort(key=lambda p: int(p.stem.split("-")[1]), reverse=True)
     damaged: list[tuple[Path, str]] = []
     final = final_state = None
-    if (folder / "final.pt").exists():
+    if final_path.exists():
         try:
-            final, final_state = folder / "final.pt", load_valid(folder / "final.pt")
+            final, final_state = final_path, load_valid(final_path)
         except Damaged as exc:
-            damaged.append((folder / "final.pt", str(exc)))
+            damaged.append((final_path, str(exc)))
     for path in periodic:
         count = int(path.stem.split("-")[1])
         if final_state is not None and int(final_state["counters"].get("updates", 0)) >= count:

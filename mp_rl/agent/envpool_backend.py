@@ -23,13 +23,12 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
+from mp_rl.agent.envspec import EnvError
 from mp_rl.config import EnvConfig
 
 
 def _envpool():
     """The envpool module, or the one line that says how to get it."""
-    from mp_rl.agent.envs import EnvError
-
     if importlib.util.find_spec("envpool") is None:
         raise EnvError("env.backend envpool needs the envpool extra: pip install -e '.[envpool]'")
     import envpool
@@ -39,8 +38,6 @@ def _envpool():
 
 def task_id(cfg: EnvConfig) -> str:
     """EnvPool's name for `env.id`; EnvError when EnvPool has no such env."""
-    from mp_rl.agent.envs import EnvError
-
     envpool = _envpool()
     task = cfg.id.removeprefix("ALE/")
     if task not in envpool.list_all_envs():
@@ -67,7 +64,6 @@ class EnvPoolVector:
     """`num_envs` envs of one EnvPool, all returned by each `recv` (so batch_size == num_envs)."""
 
     def __init__(self, cfg: EnvConfig, seed: int, num_envs: int, threads: int):
-        from mp_rl.agent.envs import EnvError
 
         envpool, task = _envpool(), task_id(cfg)
         kwargs = dict(env_type="gymnasium", num_envs=num_envs, batch_size=num_envs, seed=seed, num_threads=threads)

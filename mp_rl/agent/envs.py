@@ -13,27 +13,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
+from mp_rl.agent.envspec import EnvError, EnvSpec
 from mp_rl.config import EnvConfig
-
-
-class EnvError(ValueError):
-    """A bad environment id or a missing optional dependency; str() is the one line to show."""
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """What the ring and the networks need to know about an environment."""
-
-    obs_shape: tuple[int, ...]
-    obs_dtype: str
-    n_actions: int
-    frame_stack: int = 1  # > 1: observations are stacks whose frames overlap the next one's (frame rows)
-    obs_scale: float = 1.0  # what the network multiplies stored observations by (1/255 for 0..255 pixels)
 
 
 def is_atari(env_id: str) -> bool:

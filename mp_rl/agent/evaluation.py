@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from mp_rl.agent import checkpoint
-from mp_rl.agent.envs import EnvSpec, make_vector_env
+from mp_rl.agent.envs import make_vector_env
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.config import Config, EnvConfig
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
 
@@ -83,7 +85,7 @@ class Evaluator:
         self.last = mean
         if mean > self.best:
             self.best = mean
-            checkpoint.save(self.run_dir / "checkpoints" / "best.pt", {
+            checkpoint.save(RunFolder(self.run_dir).best, {
                 "model": self.policy.state_dict(), "eval_return": mean, "weight_version": version,
                 "counters": self.shared.control.counters(), "config": self.cfg.model_dump(mode="json"),
             })  # fmt: skip

@@ -6,7 +6,14 @@ the loss, mean Q and mean |TD| are summed on the device and read back every `lea
 updates; publishes complete when their copy's event fires; on CUDA Adam is fused, so the fp16
 scaler's inf check stays on the device too.
 
-`Learner` is a plain object; `system.shells.learner_main` is the process shell around it; `Learner.run` is its loop.
+The data path, as the README draws it: `step` takes a batch from `self.feed` (`staging.Prefetcher`,
+or `staging.Staged` without a thread), whose `get` calls `RingSampler.sample` on the shared ring; it
+runs `update`, hands the TD errors to the priorities through `PendingPriorities`, and every
+`learner.publish_every` updates starts `WeightBoard.begin_publish` of `self.flat`, which a later
+step's `WeightBoard.poll` completes once the copy has landed.
+
+`Learner` is a plain object; `system.entrypoints.learner_main` is the process shell around it;
+`Learner.run` is its loop.
 """
 
 from __future__ import annotations
@@ -23,17 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from mp_rl.agent import checkpoint, quantiles
-from mp_rl.agent.envs import EnvSpec
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.agent.staging import PendingPriorities, Prefetcher, Staged
 from mp_rl.config import Config
+from mp_rl.knobs import Span
+from mp_rl.runfolder import FINAL, LEARNER_STATS, PROFILE
 from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import TARGETS
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.sampler import read_rows
-from mp_rl.start.preflight import Span
 
 
 def pick_device(name: str) -> torch.device:
@@ -42,7 +50,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-STATS, STATS_EVERY_S = "learner.jsonl", 2.0  # the training report's loss and mean Q
+STATS_EVERY_S = 2.0  # at least this long between lines of the training report's loss and mean Q
 
 
 class Learner:
@@ -172,13 +180,13 @@ class Learner:
         The same loop serves the learner process and serial mode (`step_once` there)."""
         control = self.shared.control
         self.beat = 0.0
-        prof = self.profiler(folder.parent / "profile")
+        prof = self.profiler(folder.parent / PROFILE)
         while not control.stopping:
             self.step_and_keep(slot, folder, prof, timeout=0.25)
         prof.close()
         self.close()
-        self.write_stats(folder.parent / STATS)  # the updates since the last line
-        self.save(folder / "final.pt")
+        self.write_stats(folder.parent / LEARNER_STATS)  # the updates since the last line
+        self.save(folder / FINAL)
         if log is not None:
             log.info("final checkpoint at update %d", self.updates)
 
@@ -201,7 +209,7 @@ class Learner:
             self._fit_threads()
         due = trained and self.updates % self.cfg.learner.stats_every == 0
         if due and time.monotonic() - self.stats_at > STATS_EVERY_S:
-            self.write_stats(folder.parent / STATS)
+            self.write_stats(folder.parent / LEARNER_STATS)
         return trained
 
     def write_stats(self, path: Path) -> None:

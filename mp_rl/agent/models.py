@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from mp_rl.agent.envs import EnvSpec
+    from mp_rl.agent.envspec import EnvSpec
     from mp_rl.config import LearnerConfig
 
 NETWORKS = ("auto", "nature_cnn", "small_cnn", "mlp")

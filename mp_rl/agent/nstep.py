@@ -14,13 +14,65 @@ env (its action is ignored, its reward is 0), so that step starts no row.
 
 `FrameBlockBuilder` makes frame rows (`shm.frames`) from the same steps: it keeps each step's newest
 frame and returns, per chunk (one ring block of steps), one block of rows and frames per env.
+
+Either builder's `blocks(out)` turns what `add` or `flush` returned into ring blocks, (fields, frames)
+pairs to write in order: whole rows through a `BlockPacker`, frame rows as their builder cut them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from mp_rl.shm.frames import row_positions
+
+Block = tuple[dict[str, np.ndarray], "np.ndarray | None"]  # one ring block: its rows, and frame rows' frames
+
+
+class BlockPacker:
+    """Whole rows (from any number of envs and chunks) into ring blocks of `block` rows. Full blocks are
+    views of the rows given; a partial block is staged, a copy, until later rows fill it.
+
+    >>> p = BlockPacker(block=4)
+    >>> [len(f["x"]) for f, _ in p.pack({"x": np.arange(6)})]  # one full block; 2 rows staged
+    [4]
+    >>> [f["x"].tolist() for f, _ in p.pack({"x": np.arange(6, 9)})]  # the staged block fills first
+    [[4, 5, 6, 7]]
+    >>> [f["x"].tolist() for f, _ in p.rest()]  # a leaving actor's last, partial block
+    [[8]]
+    """
+
+    def __init__(self, block: int):
+        self.block, self.staged = block, 0
+        self.stage: dict[str, np.ndarray] = {}
+
+    def pack(self, rows: dict[str, np.ndarray]) -> Iterator[Block]:
+        """The blocks to write now, in order. Take each before the next: the stage is reused."""
+        block, n, i = self.block, len(next(iter(rows.values()))), 0
+        if not self.stage:
+            self.stage = {k: np.empty((block, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+        if self.staged:
+            i = min(block - self.staged, n)
+            self._stage(rows, 0, i)
+            if self.staged == block:
+                self.staged = 0
+                yield self.stage, None
+        while n - i >= block:
+            yield {k: v[i : i + block] for k, v in rows.items()}, None
+            i += block
+        self._stage(rows, i, n)
+
+    def rest(self) -> Iterator[Block]:
+        """The staged partial block, if any (the last write of an actor that leaves)."""
+        if self.staged:
+            staged, self.staged = self.staged, 0
+            yield {k: v[:staged] for k, v in self.stage.items()}, None
+
+    def _stage(self, rows: dict[str, np.ndarray], a: int, b: int) -> None:
+        for name, buf in self.stage.items():
+            buf[self.staged : self.staged + b - a] = rows[name][a:b]
+        self.staged += b - a
 
 
 class NStepBuilder:
@@ -47,8 +99,11 @@ class NStepBuilder:
 
     history = 0  # observations kept before a chunk's first step (frame rows keep the stack's)
 
-    def __init__(self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16):
+    def __init__(
+        self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16, block: int = 64
+    ):
         self.n, self.chunk, self.num_envs = n, chunk, num_envs
+        self.packer = BlockPacker(block)
         size = chunk + n - 1  # a chunk of starts plus the look-ahead their last rows need
         # Observations are stored once: with NEXT_STEP autoreset the observation a step returns is
         # the one the next step starts from, so next_obs[t] is obs[t + 1] (one store per step, not two).
@@ -129,6 +184,14 @@ class NStepBuilder:
         if self.retired:
             self._shift()
         return self._rows(self.k, final=True) if self.k > self.first else None
+
+    def blocks(self, out) -> Iterator[Block]:
+        """What `add` or `flush` returned, as ring blocks to write in order (see `BlockPacker.pack`)."""
+        return self.packer.pack(out) if out is not None else iter(())
+
+    def rest(self) -> Iterator[Block]:
+        """The last, partial block still staged (an actor that leaves writes it after `flush`)."""
+        return self.packer.rest()
 
     def _rows(self, count: int, final: bool):
         """Rows for starts [first, count): horizon, return, discount, next observation."""
@@ -219,6 +282,12 @@ class FrameBlockBuilder(NStepBuilder):
 
     def keep(self, obs: np.ndarray) -> np.ndarray:
         return obs[:, -1]
+
+    def blocks(self, out) -> Iterator[Block]:
+        return iter(out or ())  # cut into blocks already, one per env
+
+    def rest(self) -> Iterator[Block]:
+        return iter(())
 
     def _pack(self, t, e, reward, discount, last, count: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
         # A block is one env's consecutive steps, at most `chunk` of them (a final flush may hold more).

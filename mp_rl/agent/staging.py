@@ -23,6 +23,20 @@ import torch
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.ring import RingClosed
 
+PREFETCH_BUFFERS = 3  # filled by the thread, waiting in the hand-over, in use by the learner
+STAGED_BUFFERS_CUDA = 2  # one refilled while the copy out of the other may still be in flight
+
+
+def host_buffers(prefetch: bool, cuda: bool) -> int:
+    """Sampler buffers the learner's feed allocates, each of the largest batch (pinned on CUDA).
+    The budget prices what this says (`start.budget`), so the two cannot drift apart."""
+    return PREFETCH_BUFFERS if prefetch else (STAGED_BUFFERS_CUDA if cuda else 1)
+
+
+def device_batches(prefetch: bool) -> int:
+    """Batches alive on the device at once: the one trained on, and with prefetch the next one staged."""
+    return 2 if prefetch else 1
+
 
 class Prefetcher:
     """A thread that samples the next batch (into pinned memory on CUDA) and stages it on the device.
@@ -37,7 +51,8 @@ class Prefetcher:
     ):  # fmt: skip
         self.ring, self.device, self.batch_size = shared.ring, device, batch_size
         pin = device.type == "cuda"
-        self.samplers = [shared.ring.sampler(max_batch, pin, seed + i, priorities) for i in range(3)]
+        n = host_buffers(True, pin)
+        self.samplers = [shared.ring.sampler(max_batch, pin, seed + i, priorities) for i in range(n)]
         self.stream = torch.cuda.Stream(device) if pin else None
         self.handoff: queue.Queue = queue.Queue(maxsize=1)
         self.stopped = threading.Event()
@@ -49,7 +64,7 @@ class Prefetcher:
         i = 0
         try:
             while not self.stopped.is_set():
-                batch = self.samplers[i % 3].sample(self.batch_size(), timeout=0.25)
+                batch = self.samplers[i % len(self.samplers)].sample(self.batch_size(), timeout=0.25)
                 if batch is None:
                     continue
                 item = self._to_device(batch)
@@ -99,7 +114,7 @@ class Staged:
     def __init__(self, shared: SharedRun, max_batch: int, device: torch.device, batch_size, seed: int, priorities):
         self.device, self.batch_size = device, batch_size
         self.cuda = device.type == "cuda"
-        n = 2 if self.cuda else 1
+        n = host_buffers(False, self.cuda)
         self.samplers = [shared.ring.sampler(max_batch, self.cuda, seed + i, priorities) for i in range(n)]
         self.copied: list[torch.cuda.Event | None] = [None] * n
         self.i = 0

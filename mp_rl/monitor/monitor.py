@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from mp_rl.config import Config
+from mp_rl.knobs import Knobs
 from mp_rl.monitor.policy import Knob, Policy, Thresholds
 from mp_rl.monitor.sources import MachineSource, PipelineSource
+from mp_rl.runfolder import DECISIONS
 from mp_rl.shm.manifest import SharedRun
-from mp_rl.start.preflight import Knobs
-
-DECISIONS = "decisions.jsonl"
 
 
 def knobs_for(knobs: Knobs, shared: SharedRun) -> dict[str, Knob]:

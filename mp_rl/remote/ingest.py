@@ -22,13 +22,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mp_rl.agent.actor import RETIRE_GRACE_S
 from mp_rl.cli import owner_only
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.control import ATTACHED, REMOTE, Kind, State
 from mp_rl.shm.manifest import SharedRun, owner_alive, read_manifest
 from mp_rl.shm.ring import RingClosed
@@ -217,7 +217,7 @@ class Ingest:
     def log_to(run_dir: str) -> None:
         """Log into the run folder, owner-only like the rest of it (a Ray actor has a process of its own)."""
         owner_only()
-        handler = logging.FileHandler(Path(run_dir) / "logs" / "ingest-ray.log")
+        handler = logging.FileHandler(RunFolder(run_dir).log("ingest-ray"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

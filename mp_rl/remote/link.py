@@ -27,6 +27,7 @@ import torch
 
 from mp_rl.agent.actor import Detached
 from mp_rl.shm.control import State
+from mp_rl.shm.ring import Written
 from mp_rl.shm.ringspec import RingSpec
 
 BEAT_S = 1.0  # with nothing sent for this long, a heartbeat goes on its own
@@ -115,8 +116,9 @@ class LinkWriter:
     def __init__(self, link: Link):
         self.link = link
 
-    def write(self, rows, timeout: float | None = None, frames: np.ndarray | None = None) -> bool:
-        return self.link.send_block(rows, frames, 3600.0 if timeout is None else timeout)
+    def write(self, rows, timeout: float | None = None, frames: np.ndarray | None = None) -> Written:
+        sent = self.link.send_block(rows, frames, 3600.0 if timeout is None else timeout)
+        return Written.ROWS if sent else Written.HELD  # the ingest's ring counts a block it voids
 
 
 class LinkRing:
@@ -171,7 +173,7 @@ class LinkBoard:
 
 
 class LinkedRun:
-    """What `Actor` needs of a `SharedRun` (ring, control, board), over a `Link`."""
+    """`ports.ActorRun` (ring, control, board) over a `Link`: what `SharedRun` is to a local actor."""
 
     def __init__(self, link: Link, spec: RingSpec):
         self.link = link

@@ -21,7 +21,7 @@ import torch
 from setproctitle import setproctitle
 
 from mp_rl.agent.actor import RETIRE_GRACE_S, Actor, Detached
-from mp_rl.agent.envs import EnvSpec
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.config import Config
 from mp_rl.remote.ingest import Ingest
 from mp_rl.remote.link import Link, LinkedRun, Transport

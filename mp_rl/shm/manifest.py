@@ -6,27 +6,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import psutil
 
+from mp_rl.files import write_json_atomic
+from mp_rl.runfolder import CONFIG, MANIFEST
 from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
 from mp_rl.shm.ring import ReplayRing, RingSpec
 from mp_rl.shm.ringspec import numeric_dtype
 from mp_rl.shm.segment import PREFIX, TAG_HEX, Layout, SegmentError, SegmentExists
 from mp_rl.shm.sync import RateLimit, RateLimitError
-
-MANIFEST = "manifest.json"
 
 
 class AttachError(RuntimeError):
@@ -43,42 +40,6 @@ def _tag() -> str:
 
 def segment_name(run_id: str, part: str) -> str:
     return f"{PREFIX}{re.sub(r'[^A-Za-z0-9_-]', '_', run_id)}.{part}"
-
-
-@contextlib.contextmanager
-def private_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file written owner-only (0600) through a temporary file and a rename: readers never
-    see half a file, and no other user ever sees any of it. Nothing is left if the writer raises.
-    Durable: the file is fsynced before the rename, and its folder after."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # And the rename itself: without the folder's fsync a power loss can undo it, or leave the new
-    # name on an empty file on file systems that order metadata before data.
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def write_private(path: Path, text: str | bytes) -> None:
-    """Write a whole file through `private_file`."""
-    with private_file(path) as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON owner-only and atomically (`write_private`)."""
-    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict:
@@ -180,7 +141,7 @@ class SharedRun:
     @property
     def config_path(self) -> Path:
         """The run's config.yaml. Recorded relative to the run folder, so it resolves from any directory."""
-        return self.run_dir / self.info.get("config", "config.yaml")
+        return self.run_dir / self.info.get("config", CONFIG)
 
     @classmethod
     def create(

@@ -23,6 +23,7 @@ per-row operation is vectorised numpy.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,12 +34,20 @@ from mp_rl.shm.sampler import Prioritized, RingSampler
 from mp_rl.shm.segment import Segment
 from mp_rl.shm.sync import RateLimit, Wakeup
 
-__all__ = ["FieldSpec", "ReplayRing", "RingClosed", "RingSampler", "RingSpec", "RingWriter", "rows_like"]
+__all__ = ["FieldSpec", "ReplayRing", "RingClosed", "RingSampler", "RingSpec", "RingWriter", "Written", "rows_like"]
 
 _WINDOW = ("capacity", "trim", "closed", "trimmer")  # words of the `window` array
 
 TRIM_TOKEN = -1  # the token of a trim by a process that writes no rows (the supervisor's capacity moves)
 _TALLIES = ("voided", "padding", "trims")  # rows voided, padding rows of partial blocks, trims done
+
+
+class Written(enum.IntEnum):
+    """What `RingWriter.write` did with a block. HELD is falsy, so `while not w.write(...)` waits."""
+
+    HELD = 0  # the rate limiter held the block back for the whole timeout: nothing written, try again
+    ROWS = 1  # the rows are in the ring, stamped
+    VOIDED = 2  # the block's lease was taken (lapped, or a trim releasing it): the rows were dropped, counted
 
 
 class ReplayRing:
@@ -47,7 +56,7 @@ class ReplayRing:
     >>> spec = RingSpec.for_transitions((4,), "float32", capacity_max=4096)
     >>> ring = ReplayRing.create("mp_rl.doctest.ring", spec, RateLimit(None, 1, 0, 64, 32))
     >>> ring.writer(token=1).write(rows_like(spec, 64))
-    True
+    <Written.ROWS: 1>
     >>> ring.sampler(max_batch=32).sample(32, timeout=1.0)["obs"].shape
     torch.Size([32, 4])
     >>> ring.destroy()
@@ -271,12 +280,11 @@ class RingWriter:
     def write(
         self, rows: Mapping[str, np.ndarray], timeout: float | None = None, frames: np.ndarray | None = None,
         limited: bool = True,
-    ) -> bool:  # fmt: skip
+    ) -> Written:  # fmt: skip
         """Write up to `block` rows (and, frame rows, the block's frames: up to `area` of them, from
-        position 0). False when the rate limiter held us back for `timeout` seconds.
-
-        Returns True once the rows are in the ring, or voided and counted (the block's lease was
-        taken: this writer was lapped by a full capacity_max, or a trim was releasing the block).
+        position 0). `Written.HELD` (falsy) when the rate limiter held us back for `timeout` seconds;
+        `ROWS` once the rows are in the ring; `VOIDED` when they were dropped and counted (the block's
+        lease was taken: this writer was lapped by a full capacity_max, or a trim was releasing it).
         """
         r = self.ring
         n = len(rows[r.spec.fields[0].name])
@@ -289,7 +297,7 @@ class RingWriter:
         if limited and not r.insert_wakeup.wait_for(
             lambda: self._may_insert(n), 3600.0 if timeout is None else timeout
         ):
-            return False
+            return Written.HELD
         if r.closed:
             raise RingClosed("replay ring closed")
         seq = r._reserve(self.block)
@@ -299,7 +307,7 @@ class RingWriter:
             r.tally("voided", n)
             r.tally("padding", self.block - n)
             self.last_seq = -1
-            return True
+            return Written.VOIDED
         stamps = r.stamps[slot : slot + self.block]
         stamps[:] = 0  # the old rows die before the new bytes land
         atomics.fence(atomics.RELEASE)  # the zeroed stamps are visible before any new byte
@@ -325,4 +333,4 @@ class RingWriter:
         capacity = r.capacity
         if r.cursor - capacity - r.trim_mark >= max(r.chunk, capacity // 8):  # release in eighths
             r.trim(self.token)
-        return True
+        return Written.ROWS

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mp_rl.shm.manifest import write_json_atomic
+from mp_rl.files import write_json_atomic
 from mp_rl.shm.ring import ReplayRing
 
 FOLDER, VERSION = "replay", 1

@@ -9,7 +9,7 @@ The estimates are what the code allocates, priced per byte, on top of measured p
 - an actor: its envs (measured), the n-step builder's arrays, its network and a copy for pickups;
 - the learner: online, target, gradient, Adam's two moments and the publish buffer (6 copies of the
   parameters), the activations one batch keeps for backward (every layer's output, twice: the values
-  and their gradients), and the sampled batch (twice with prefetch);
+  and their gradients), and the sampler's batch buffers (as many as `agent.staging` allocates);
 - the replay: its header plus capacity x bytes per row (pages commit on first touch: a live window
   of that many rows is what it holds).
 """
@@ -26,7 +26,8 @@ import numpy as np
 import psutil
 import torch
 
-from mp_rl.agent.envs import EnvSpec
+from mp_rl.agent import staging
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.config import Config
 from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
@@ -157,18 +158,19 @@ class Budget:
         lc = self.cfg.learner
         params = 6 * 4 * self.net.numel  # online, target, gradient, Adam m and v, the publish buffer (CPU)
         priorities = 16 * (1 << max(0, (self.ring.capacity_max - 1).bit_length())) if self.cfg.replay.prioritized else 0
-        copies = 2 if lc.prefetch else 1
-        if self.device == "cpu":
-            ram = self.bases.learner + params + self.activations(batch, False) + copies * batch * self.batch_row
+        cuda = self.device != "cpu"
+        host, device = staging.host_buffers(lc.prefetch, cuda), staging.device_batches(lc.prefetch)
+        if not cuda:
+            ram = self.bases.learner + params + self.activations(batch, False) + host * batch * self.batch_row
             return Line("learner", 1, ram + priorities, cpu=1.0, note=f"batch {batch}, cpu")
         # CUDA: pinned batches are allocated (and locked) whole, at the largest batch the monitor may pick.
         base = self.bases.learner_cuda or self.bases.learner
-        ram = base + 2 * lc.max_batch_size * self.batch_row + 4 * self.net.numel + priorities
+        ram = base + host * lc.max_batch_size * self.batch_row + 4 * self.net.numel + priorities
         # On the device: no publish buffer (the publish copies the parameters' own flat tensor to the
         # pinned board), but a cuBLAS workspace per thread that multiplies: the update's own, and
         # autograd's device thread, which runs the backward (torch keeps one per thread and stream).
         params = 5 * 4 * self.net.numel + 2 * self.limits.cublas_workspace
-        vram = params + self.activations(batch, lc.amp) + copies * batch * self.batch_row
+        vram = params + self.activations(batch, lc.amp) + device * batch * self.batch_row
         return Line("learner", 1, ram, vram=vram, cpu=1.0, note=f"batch {batch}, cuda")
 
     def replay(self, capacity: int) -> Line:

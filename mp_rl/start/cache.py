@@ -122,7 +122,7 @@ def load(kind: str, digest: str, schema: type[BaseModel] | None = None) -> dict 
 
 def save(kind: str, digest: str, data: dict) -> Path | None:
     """Write an entry atomically, owner-only; a cache that cannot be written is not an error (None)."""
-    from mp_rl.shm.manifest import write_json_atomic
+    from mp_rl.files import write_json_atomic
 
     target = path(kind, digest)
     try:

@@ -89,7 +89,7 @@ print(json.dumps(footprint._child(bare)))
 def _child(bare: int) -> dict:
     """Run inside the calibration child: each role's resident bytes after what that role does."""
     out = {"bare": bare or FALLBACK["bare"]}
-    import mp_rl.system.shells  # noqa: F401  what every member process imports
+    import mp_rl.system.entrypoints  # noqa: F401  what every member process imports
 
     out["imported"] = rss()
     threads = torch.get_num_threads()

@@ -8,16 +8,18 @@ raises `StartError`, whose message is the one line the CLI prints before exiting
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mp_rl.agent.envs import EnvError, EnvSpec, probe
+from mp_rl.agent.envs import probe
+from mp_rl.agent.envspec import EnvError, EnvSpec
 from mp_rl.agent.models import NetworkError, check_network, q_network
 from mp_rl.config import Config
+from mp_rl.knobs import Knobs, Span
+from mp_rl.runfolder import CHECKPOINTS, LOGS
 from mp_rl.shm.ring import RingSpec
 from mp_rl.shm.sync import RateLimit, RateLimitError
 from mp_rl.start import footprint, resources, sizing
@@ -27,35 +29,6 @@ from mp_rl.start.sizing import Sizing
 
 class StartError(ValueError):
     """Bad input found before anything started; str() is one line."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """One knob, resolved: where it starts and the bounds it may move in (`auto`: the monitor moves it)."""
-
-    start: int
-    lo: int
-    hi: int
-    auto: bool
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """Every `auto` knob of a config, answered once here and passed down as numbers."""
-
-    actors: Span
-    batch_size: Span
-    capacity: Span
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> Knobs:
-        return cls(**{name: Span(**span) for name, span in d.items()})
 
 
 @dataclass
@@ -97,7 +70,7 @@ def _actors(cfg: Config, warnings: list[str]) -> Span:
     cpus = resources.usable_cpus()
     fits = max(1, cpus - 1)  # one CPU for the learner
     auto = cfg.actors.count == "auto"
-    wanted = (cfg.actors.initial or fits) if auto else cfg.actors.count
+    wanted = (cfg.actors.initial_count or fits) if auto else cfg.actors.count
     start = min(wanted, fits, cfg.actors.max_count)
     if auto:
         warnings.append(
@@ -119,7 +92,7 @@ def _capacity(cfg: Config, ring: RingSpec, row: float) -> Span:
     rc, avail, hi = cfg.replay, resources.available_memory(), ring.capacity_max
     if rc.capacity != "auto":
         return Span(rc.capacity, rc.capacity, rc.capacity, False)
-    lo = min(cfg.monitor.capacity_min, hi)
+    lo = min(cfg.replay.min_capacity, hi)
     # Start at what a quarter of available memory holds (or as asked); the monitor moves it.
     start = int(min(hi, max(lo, rc.initial_capacity or avail // 4 // row)))
     return Span(start, lo, hi, True)
@@ -173,7 +146,7 @@ def plan(cfg: Config, check: bool = True) -> Plan:
         warnings.append(f"replay.capacity auto: starting at {knobs.capacity.start:,} rows "
                         f"({gib(budget.replay(knobs.capacity.start).shm)}), at most {knobs.capacity.hi:,}")  # fmt: skip
     if ring.capacity_max * ring.bytes_per_row > limits.available:
-        warnings.append(f"replay.capacity_max would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
+        warnings.append(f"replay.max_capacity would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
                         f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
     limit = rate_limit(cfg, knobs.batch_size)
     return Plan(cfg, spec, ring, limit, knobs, max_members, net.numel, warnings, budget, problems, size)
@@ -236,9 +209,9 @@ def ring_spec(cfg: Config, spec: EnvSpec) -> RingSpec:
     r, block = cfg.replay, cfg.actors.block
     if spec.frame_stack > 1 and r.frames_once:
         k = spec.frame_stack
-        ring = RingSpec.for_frames(spec.obs_shape[1:], spec.obs_dtype, k, r.n_step, r.capacity_max, block)
+        ring = RingSpec.for_frames(spec.obs_shape[1:], spec.obs_dtype, k, r.n_step, r.max_capacity, block)
     else:
-        ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, r.capacity_max, block)
+        ring = RingSpec.for_transitions(spec.obs_shape, spec.obs_dtype, r.max_capacity, block)
     return ring.normalised()
 
 
@@ -265,6 +238,6 @@ def new_run_dir(cfg: Config) -> Path:
     except OSError as exc:
         raise StartError(f"run.runs_dir {root}: cannot create a run folder there ({exc.strerror})") from None
     path.chmod(0o700)  # mkdir's mode is cut by the umask; say it outright
-    for sub in ("logs", "checkpoints"):
+    for sub in (LOGS, CHECKPOINTS):
         (path / sub).mkdir(mode=0o700)
     return path.resolve()

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mp_rl.agent.envs import EnvSpec, make_vector_env
+from mp_rl.agent.envs import make_vector_env
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import build_q_network, choose
 from mp_rl.config import Config
 from mp_rl.start import cache, footprint

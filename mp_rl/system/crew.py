@@ -21,8 +21,8 @@ import psutil
 from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
-from mp_rl.system.launch import apply_capacity
-from mp_rl.system.shells import ActorArgs, LearnerArgs, MonitorArgs, actor_main, learner_main, monitor_main
+from mp_rl.system.entrypoints import ActorArgs, LearnerArgs, MonitorArgs, actor_main, learner_main, monitor_main
+from mp_rl.system.lifecycle import apply_capacity
 
 log = logging.getLogger("mp_rl.supervisor")
 
@@ -113,12 +113,11 @@ class Crew:
     def _spawn(self, m: Member) -> None:
         base = dict(run_dir=str(self.run_dir), cfg_json=self.cfg.model_dump(mode="json"), slot=m.slot,
                     parent_pid=os.getpid())  # fmt: skip
-        knobs = self.plan.knobs.to_json()
         if m.kind is Kind.LEARNER:
             resume = str(self.resume) if self.resume else None
-            target, args = learner_main, LearnerArgs(**base, knobs=knobs, resume=resume)
+            target, args = learner_main, LearnerArgs(**base, resume=resume)
         elif m.kind is Kind.MONITOR:
-            target, args = monitor_main, MonitorArgs(**base, knobs=knobs)
+            target, args = monitor_main, MonitorArgs(**base)
         else:
             seed = self.cfg.run.seed + 1000 * m.restarts + m.index
             target, args = actor_main, ActorArgs(**base, index=m.index, count=self.plan.epsilons_for, seed=seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mp_rl.monitor.sources import MachineSource
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.system.telemetry import Rates, weight_lag
 
@@ -113,7 +114,7 @@ class StatusOutput:
     metrics.jsonl. `console` stands in for the terminal (tests)."""
 
     def __init__(self, run_dir: Path, run_id: str, stop: tuple[int, float | None] = (0, None), console=None):
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
+        self.metrics_file = open(RunFolder(run_dir).metrics_file, "a", buffering=1)  # noqa: SIM115 (closed in close())
         self.run_id, self.stop, self.best = run_id, stop, None
         self.live = self.progress = None
         if console is not None or sys.stdout.isatty():

@@ -14,9 +14,10 @@ from pathlib import Path
 from mp_rl.agent.actor import Actor
 from mp_rl.agent.learner import Learner
 from mp_rl.monitor.monitor import Monitor
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.control import Kind
 from mp_rl.start.preflight import Plan
-from mp_rl.system.launch import apply_capacity, keep_replay, open_run, restore_replay
+from mp_rl.system.lifecycle import apply_capacity, keep_replay, open_run, restore_replay
 
 
 class SerialRun:
@@ -48,7 +49,7 @@ class SerialRun:
         self.next_tick = 0.0
 
     def _catch_up(self) -> None:
-        folder = self.run_dir / "checkpoints"
+        folder = RunFolder(self.run_dir).checkpoints
         while self.learner.step_and_keep(self.learner_slot, folder, None, timeout=0.0):
             pass
 
@@ -62,21 +63,18 @@ class SerialRun:
 
     def train(self, max_seconds: float = float("inf")) -> int:
         """Step until total_env_steps or `max_seconds`; returns env steps taken."""
-        deadline, since_sync, before = time.monotonic() + max_seconds, 0, self.actor.steps
+        deadline, before = time.monotonic() + max_seconds, self.actor.steps
         while self.actor.steps - before < self.cfg.run.total_env_steps and time.monotonic() < deadline:
-            since_sync += self.actor.step()
+            self.actor.keep_weights_fresh(self.actor.step())
             self._catch_up()
             self._tick_monitor()
-            if since_sync >= self.cfg.actors.sync_every:
-                self.actor.sync_weights()
-                since_sync = 0
         steps = self.actor.steps - before
         self.shared.control.add("env_steps", steps)
         return steps
 
     def finish(self) -> None:
         """What the learner process and the supervisor do at a clean stop: `final.pt`, the replay."""
-        self.learner.save(self.run_dir / "checkpoints" / "final.pt")
+        self.learner.save(RunFolder(self.run_dir).final)
         keep_replay(self.shared, self.cfg, self.run_dir)
 
     def close(self) -> None:

@@ -18,16 +18,18 @@ from setproctitle import setproctitle
 
 from mp_rl import report
 from mp_rl.agent.evaluation import Evaluator
+from mp_rl.files import write_json_atomic
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.control import Kind
-from mp_rl.shm.manifest import SharedRun, write_json_atomic
+from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.reaper import remove_dead
-from mp_rl.start import tune
+from mp_rl.start import autotune
+from mp_rl.start.autotune import Tuner
 from mp_rl.start.preflight import Plan
-from mp_rl.start.tune import Tuner
 from mp_rl.system.crew import Crew
-from mp_rl.system.launch import keep_replay, open_run, restore_replay
+from mp_rl.system.entrypoints import title
+from mp_rl.system.lifecycle import keep_replay, open_run, restore_replay
 from mp_rl.system.progress import Metrics, StatusOutput
-from mp_rl.system.shells import title
 
 log = logging.getLogger("mp_rl.supervisor")
 
@@ -57,7 +59,7 @@ class Supervisor:
             out.say(line)  # before the learner and the actors start
         self.crew = crew = Crew(self.plan, self.run_dir, self.shared, self.resume)
         if self.cfg.run.autotune:
-            self.tuner = tune.for_run(self.plan, self.shared.control, self._sampling, self.retune)
+            self.tuner = autotune.for_run(self.plan, self.shared.control, self._sampling, self.retune)
             self.tuner.say = out.say
             if self.tuner.cached:  # start at the recorded point; the tuner only probes it
                 self.tuner.apply(self.tuner.best)
@@ -73,7 +75,7 @@ class Supervisor:
 
     def _tuned(self, out: StatusOutput) -> None:
         t = self.tuner
-        write_json_atomic(self.run_dir / "autotune.json", t.result())
+        write_json_atomic(RunFolder(self.run_dir).autotune, t.result())
         p = t.best
         how = f"searched {len(t.trials)} points in {t.seconds:.0f}s" if t.searched else "cached point, probed"
         out.say(f"autotune: {p.envs_per_actor} envs per actor, {p.actors} actor(s), batch {p.batch}: "
@@ -101,7 +103,7 @@ class Supervisor:
             final = self._shutdown(out)
             out.close()
         if final:
-            write_json_atomic(self.run_dir / "summary.json", final)
+            write_json_atomic(RunFolder(self.run_dir).summary_file, final)
         if not self.stop_when_tuned:  # a tuning run trains nothing worth a report
             self._report()
         return 1 if self.error else 0

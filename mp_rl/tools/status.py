@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from mp_rl.cli import Parser, fail
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.manifest import AttachError, SharedRun, owner_alive, read_manifest
 from mp_rl.system.telemetry import ProcessCpu, Rates, weight_lag
 
@@ -56,10 +57,7 @@ class View:
         }  # fmt: skip
 
     def decisions(self, n: int) -> list[dict]:
-        path = self.run_dir / "decisions.jsonl"
-        if not path.exists():
-            return []
-        moves = [d for d in map(json.loads, path.read_text().splitlines()[-200:]) if d["kind"] == "move"]
+        moves = RunFolder(self.run_dir).decisions("move")
         return [{k: d[k] for k in ("time", "knob", "old", "new", "rule")} for d in moves[-n:]]
 
 

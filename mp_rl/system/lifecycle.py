@@ -8,8 +8,10 @@ from pathlib import Path
 
 from mp_rl import hardware
 from mp_rl.config import dump_config
+from mp_rl.files import write_json_atomic, write_private
+from mp_rl.runfolder import CONFIG, RunFolder
 from mp_rl.shm import ringsave
-from mp_rl.shm.manifest import SharedRun, write_json_atomic, write_private
+from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
 
 
@@ -17,11 +19,13 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None, knobs: dic
     """The start every run shares, the supervisor's and serial mode's: the run folder's config and
     hardware profile, the shared segments and manifest, counters restored, the plan's targets set (a
     resumed run's: the knobs its monitor or tuner had chosen, within this plan's bounds)."""
-    write_private(run_dir / "config.yaml", dump_config(plan.cfg))
-    write_json_atomic(run_dir / "hardware_profile.json", hardware.profile(seconds=0.1))
+    folder = RunFolder(run_dir)
+    write_private(folder.config, dump_config(plan.cfg))
+    write_json_atomic(folder.hardware, hardware.profile(seconds=0.1))
     e = plan.spec
     env = {"obs_shape": list(e.obs_shape), "obs_dtype": e.obs_dtype, "n_actions": e.n_actions, "obs_scale": e.obs_scale}
-    info = {"env": env, "config": "config.yaml", "knobs": plan.knobs.to_json()}  # paths relative to the run folder
+    # Members read the env and the knobs' bounds from here (`knobs.Knobs.of_info`); paths are the run folder's.
+    info = {"env": env, "config": CONFIG, "knobs": plan.knobs.to_json()}
     shared = SharedRun.create(
         run_dir, run_dir.name, plan.ring, plan.limit, plan.numel, plan.max_members, plan.capacity, info
     )
@@ -31,7 +35,7 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None, knobs: dic
     k, was = plan.knobs, knobs or {}
     for name, span in (("actors", k.actors), ("capacity", k.capacity), ("batch_size", k.batch_size)):
         chosen = was.get(name) if span.auto else None
-        control.set_target(name, min(max(int(chosen), span.lo), span.hi) if chosen else span.start)
+        control.set_target(name, span.clamp(chosen) if chosen else span.start)
     envs = was.get("envs_per_actor") if plan.cfg.run.autotune else None
     control.set_target("envs_per_actor", min(max(int(envs), 1), 1024) if envs else plan.cfg.env.envs_per_actor)
     apply_capacity(shared)

@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from setproctitle import setproctitle
 
-from mp_rl.agent.envs import EnvSpec
+from mp_rl.agent.envspec import EnvSpec
 from mp_rl.config import Config
+from mp_rl.knobs import Knobs
+from mp_rl.runfolder import RunFolder
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start import resources
-from mp_rl.start.preflight import Knobs
 
 PR_SET_PDEATHSIG = 1
 
@@ -54,7 +55,7 @@ def child_setup(
         die_with_parent(parent_pid)
     log = logging.getLogger(f"mp_rl.{member}")
     name = member.split(" ")[0] + ("-attached" if member.endswith("(attached)") else "")
-    handler = logging.FileHandler(Path(run_dir) / "logs" / f"{name}.log")
+    handler = logging.FileHandler(RunFolder(run_dir).log(name))
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -84,13 +85,10 @@ class ActorArgs(Spawn):
 
 @dataclass(frozen=True)
 class LearnerArgs(Spawn):
-    knobs: dict  # `Knobs.to_json()`: the batch bounds the plan resolved
     resume: str | None = None  # checkpoint to start from
 
 
-@dataclass(frozen=True)
-class MonitorArgs(Spawn):
-    knobs: dict
+MonitorArgs = Spawn  # the monitor needs nothing more: its knobs' bounds are in the manifest
 
 
 @contextlib.contextmanager
@@ -156,14 +154,14 @@ def learner_main(a: LearnerArgs) -> None:
     cfg = a.cfg
     pin(cfg, None)
     with member_of(a.run_dir, a.slot, log) as shared:
-        learner = Learner(cfg, shared, env_spec_of(shared), Knobs.from_json(a.knobs).batch_size, seed=cfg.run.seed)
+        learner = Learner(cfg, shared, env_spec_of(shared), Knobs.of_info(shared.info).batch_size, seed=cfg.run.seed)
         learner.fit_threads = resources.usable_cpus  # intra-op threads: the CPUs the live actors leave
         if a.resume:
             learner.restore(checkpoint.load(Path(a.resume)))
             log.info("resumed from %s at update %d", a.resume, learner.updates)
         learner.publish()
         log.info("learner on %s, amp %s", learner.device, learner.amp_dtype)
-        learner.run(a.slot, run_dir / "checkpoints", log)
+        learner.run(a.slot, RunFolder(run_dir).checkpoints, log)
 
 
 def monitor_main(a: MonitorArgs) -> None:
@@ -171,7 +169,7 @@ def monitor_main(a: MonitorArgs) -> None:
 
     log = child_setup(Path(a.run_dir), Path(a.run_dir).name, "monitor", a.parent_pid)
     with member_of(a.run_dir, a.slot, log) as shared:
-        monitor = Monitor(a.cfg, shared, Path(a.run_dir), Knobs.from_json(a.knobs))
+        monitor = Monitor(a.cfg, shared, Path(a.run_dir), Knobs.of_info(shared.info))
         try:
             monitor.run(beat=lambda: shared.control.heartbeat(a.slot))
         finally:

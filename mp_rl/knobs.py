@@ -1,0 +1,48 @@
+"""The runtime knobs' bounds: where each knob starts and the span it may move in.
+
+The planner (`start.preflight.plan`) resolves them once from the config; the run's manifest carries
+them to every member process (`Knobs.of_info`), so a child never imports the planner to learn them.
+The config spells each triple the same way: `<knob>` (a number or 'auto'), `initial_<knob>`,
+`min_<knob>` where it has one, and `max_<knob>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+NAMES = ("actors", "batch_size", "capacity")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One knob, resolved: where it starts and the bounds it may move in (`auto`: the monitor moves it)."""
+
+    start: int
+    lo: int
+    hi: int
+    auto: bool
+
+    def clamp(self, value: int) -> int:
+        return min(max(int(value), self.lo), self.hi)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every `auto` knob of a config, answered once by the planner and passed down as numbers."""
+
+    actors: Span
+    batch_size: Span
+    capacity: Span
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Knobs:
+        return cls(**{name: Span(**d[name]) for name in NAMES})
+
+    @classmethod
+    def of_info(cls, info: dict) -> Knobs:
+        """The knobs a run's manifest carries (`SharedRun.info["knobs"]`), as the supervisor planned them."""
+        return cls.from_json(info["knobs"])
