@@ -67,6 +67,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [
@@ -100,6 +101,7 @@ def test_env_kwargs_reach_the_constructor_and_register_hooks_run_first():
     assert probe(EnvConfig(id="gymnasium.envs.classic_control:CartPole-v1")).obs_shape == (4,)  # module:EnvId
 
 
+@pytest.mark.system
 def test_a_small_image_env_learns_with_the_small_cnn_through_the_cli(tmp_path):
     """Channels-last 0/1 images: the greedy policy beats chance (5 of 10) by a margin."""
     done = run_cli("env.id=mp_rl.testing:GridEnv", "run.total_env_steps=6000",
@@ -110,6 +112,7 @@ def test_a_small_image_env_learns_with_the_small_cnn_through_the_cli(tmp_path):
     assert final and float(final[0].split("mean return ")[1].split()[0]) >= 8.0, done.stdout[-800:]
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not MINATAR, reason="needs the minatar extra")
 def test_a_minatar_id_runs_from_a_config(tmp_path):
     done = run_cli("env.id=MinAtar/Breakout-v1", "run.total_env_steps=2000", f"run.runs_dir={tmp_path}")
@@ -117,6 +120,7 @@ def test_a_minatar_id_runs_from_a_config(tmp_path):
     assert "final greedy evaluation" in done.stdout
 
 
+@pytest.mark.system
 def test_a_minatar_id_without_the_extra_is_one_line(tmp_path):
     code = ("import sys, runpy; sys.modules['minatar'] = None; sys.argv = ['mp_rl.run', '--config', "
             f"'configs/smoke.yaml', 'env.id=MinAtar/Breakout-v1', 'run.runs_dir={tmp_path}']; "
@@ -129,6 +133,7 @@ def test_a_minatar_id_without_the_extra_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.system
 def test_resuming_with_a_config_that_builds_another_network_is_one_line(tmp_path):
     done = run_cli("run.total_env_steps=1500", f"run.runs_dir={tmp_path}")
     assert done.returncode == 0, done.stderr

@@ -51,6 +51,7 @@ def test_a_process_with_only_the_run_folder_joins_writes_and_leaves(run, tmp_pat
     assert run.control.live_members() == []  # it left its slot
 
 
+@pytest.mark.system
 def test_an_unrelated_interpreter_attaches_and_leaves_the_segments_alone(run, tmp_path):
     """A fresh `python -c` (not spawned by us): no resource-tracker warning, and our segments survive it."""
     code = (

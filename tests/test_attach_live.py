@@ -20,6 +20,8 @@ from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.sampler import read_rows
 from mp_rl.shm.segment import list_segments
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 N_STEP, ENVS = 3, 4  # smoke.yaml's n-step and envs per actor
 RUN = ["--config", "configs/smoke.yaml", "env.id=mp_rl.testing:CountingEnv", "run.total_env_steps=100000000",
        "run.wall_time_s=600", "replay.capacity=262144", "replay.max_capacity=262144",

@@ -102,6 +102,7 @@ def test_attach_with_a_cpu_list_too_long_to_build_is_one_line():
     one_line_exit_2(attach.main, ["/nonexistent", "--cpus", "0-4000000000"], "CPU numbers go up to")
 
 
+@pytest.mark.system
 def test_the_real_cli_says_one_line_without_a_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mp_rl.run", "--config", SMOKE, "run.seed=-1",
                            f"run.runs_dir={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True,

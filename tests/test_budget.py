@@ -71,6 +71,7 @@ def _measure(run) -> tuple[dict, dict]:
     return got, dataclasses.asdict(at)
 
 
+@pytest.mark.system
 def test_each_estimate_is_within_a_fifth_of_what_a_live_run_measures(live):
     """The three shipped configs, clamped to this machine, run side by side; once each learner trains,
     every process's resident memory and the bytes in /dev/shm are measured and set against the budget

@@ -14,10 +14,22 @@ from mp_rl.start import autotune, cache, footprint, sizing
 from mp_rl.start.preflight import plan
 
 
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """The smoke plan, once: its footprint is measured in a child process and cached under `home`."""
+    home = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(home))
+        return home, plan(load_config("configs/smoke.yaml"))
+
+
 @pytest.fixture
-def smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    p = plan(load_config("configs/smoke.yaml"))
+def smoke(planned, monkeypatch):
+    """The plan and its tuner's cache key, with no tuner entry cached yet."""
+    home, p = planned
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    for entry in home.rglob("autotune-*.json"):
+        entry.unlink()
     return p, autotune.for_run(p, None, lambda: True).key
 
 

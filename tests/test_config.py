@@ -79,6 +79,7 @@ def test_bad_files_say_which_file_and_why(tmp_path):
         load_config(unsafe)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -98,6 +99,7 @@ def test_the_cli_refuses_bad_input_with_one_line_and_exit_2(tmp_path, args, need
     assert not (tmp_path / "runs").exists()  # nothing created
 
 
+@pytest.mark.system
 def test_the_cli_prints_the_resolved_config():
     repo = Path(__file__).parent.parent
     cmd = [sys.executable, "-m", "mp_rl.run", "--config", "configs/smoke.yaml", "learner.lr=0.01", "--print-config"]

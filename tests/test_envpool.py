@@ -78,6 +78,7 @@ def test_an_envpool_actor_steps_two_pools_in_turn(tmp_path):
         shared.close()
 
 
+@pytest.mark.system
 def test_an_env_envpool_does_not_have_is_one_line_and_exit_2(tmp_path):
     with pytest.raises(EnvError, match=r"EnvPool has no env for env\.id 'Acrobot-v9'"):
         probe(_cfg("envpool", "env.id=Acrobot-v9").env)
@@ -89,6 +90,7 @@ def test_an_env_envpool_does_not_have_is_one_line_and_exit_2(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing started, no run folder
 
 
+@pytest.mark.system
 @pytest.mark.timeout(240)
 def test_actors_attach_to_an_envpool_run_write_and_detach(live):
     from system_helpers import wait_for

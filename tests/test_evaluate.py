@@ -9,6 +9,8 @@ import sys
 import pytest
 from system_helpers import REPO
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 
 def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from system_helpers import wait_for
 
-from mp_rl.agent.actor import RETIRE_GRACE_S, Actor
+from mp_rl.agent import actor as actor_module
+from mp_rl.agent.actor import Actor
 from mp_rl.agent.evaluation import Cancelled, greedy_returns
 from mp_rl.agent.models import build_q_network
 from mp_rl.config import load_config
@@ -51,8 +52,9 @@ def actor_thread(cfg, p, shared, run_alive=None) -> tuple[Actor, int, threading.
     return actor, slot, thread
 
 
-def test_an_actor_held_by_the_rate_limiter_keeps_beating_and_leaves_when_retired(held_run):
+def test_an_actor_held_by_the_rate_limiter_keeps_beating_and_leaves_when_retired(held_run, monkeypatch):
     cfg, p, shared = held_run
+    monkeypatch.setattr(actor_module, "RETIRE_GRACE_S", 1.0)  # the rule, not the production wait
     actor, slot, thread = actor_thread(cfg, p, shared)
     try:
         wait_for(lambda: actor.held_since is not None, 10, "the actor held by the rate limiter")
@@ -61,7 +63,7 @@ def test_an_actor_held_by_the_rate_limiter_keeps_beating_and_leaves_when_retired
         assert shared.ring.inserts == before and thread.is_alive()
         assert shared.control.heartbeat_age(slot) < 1.5, "a held actor went silent: it would be killed as hung"
         shared.control.retire(slot)
-        thread.join(RETIRE_GRACE_S + 3)
+        thread.join(actor_module.RETIRE_GRACE_S + 3)
         assert not thread.is_alive(), "a retired actor stayed in the blocked loop"
     finally:
         shared.control.request_stop()
@@ -200,6 +202,7 @@ def test_a_damaged_manifest_is_one_attach_error(manifest_run, what):
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
 
 
+@pytest.mark.system
 def test_the_tools_say_one_line_and_exit_2_on_a_damaged_manifest(manifest_run):
     tmp_path, manifest = manifest_run
     folder = damaged(tmp_path, manifest, CHANGES["an object dtype"])
@@ -270,6 +273,7 @@ def test_an_evaluation_in_progress_stops_when_cancelled():
     assert np.isfinite(greedy_returns(policy, cfg.env, 2, seed=0, max_steps=5)).all()
 
 
+@pytest.mark.system
 @pytest.mark.timeout(120)
 def test_the_real_system_never_kills_an_actor_held_by_the_rate_limiter(live):
     """The review's case: a replay ratio the learner cannot reach holds the actor for good."""

@@ -10,6 +10,8 @@ from mp_rl.config import load_config
 from mp_rl.start.preflight import new_run_dir, plan
 from mp_rl.system.serial import SerialRun
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 RANDOM_CARTPOLE = 22.0  # mean return of a uniform random policy on CartPole-v1
 
 

@@ -15,6 +15,8 @@ from mp_rl.monitor.sources import FAKE_MEMORY_ENV
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start import resources
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 FAST = ["monitor.enabled=true", "monitor.cooldown_s=1", "monitor.window_s=1", "monitor.decide_every_s=0.5"]
 LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]
 

@@ -14,6 +14,8 @@ from system_helpers import REPO, wait_for
 
 from mp_rl.shm.manifest import read_manifest
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 CONFIG = str(REPO / "configs" / "smoke.yaml")
 RUN = ["--config", CONFIG, "env.id=mp_rl.testing:CountingEnv", "run.total_env_steps=100000000",
        "run.wall_time_s=600", "eval.max_episode_steps=200"]  # fmt: skip

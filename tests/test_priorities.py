@@ -22,7 +22,9 @@ OPEN = RateLimit(None, 1, 0, 64, 256)
 @settings(max_examples=60, deadline=None)
 @given(
     size=st.integers(1, 300),
-    ops=st.lists(st.tuples(st.integers(0, 299), st.floats(0, 100, allow_nan=False)), min_size=1, max_size=60),
+    # A priority is 0 (a dead row) or (|TD| + eps) ** alpha: never a subnormal float, whose cumulative
+    # sums cannot tell leaves apart.
+    ops=st.lists(st.tuples(st.integers(0, 299), st.just(0.0) | st.floats(1e-6, 100)), min_size=1, max_size=60),
 )
 def test_the_tree_holds_the_sums_and_finds_the_leaf_under_any_mass(size, ops):
     tree, leaves = SumTree(size), np.zeros(size)

@@ -10,6 +10,8 @@ import sys
 import pytest
 from system_helpers import REPO
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 
 @pytest.mark.timeout(180)
 def test_the_profile_harness_writes_timeline_plot_traces_and_report(tmp_path):

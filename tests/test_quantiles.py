@@ -32,6 +32,7 @@ def test_quantile_heads_give_actions_by_quantiles_and_their_mean_is_q(shape, due
     assert pick(z, torch.tensor([2, 0])).shape == (2, 5)
 
 
+@pytest.mark.system
 def test_the_learner_recovers_a_bandits_return_distributions(tmp_path, shm_name):
     """One state, two arms: arm 0 pays 0 or 10 (a coin), arm 1 pays U(0, 20); episodes of one step. Each
     learned output must be where the quantile Huber loss has its minimum for the true distribution: near 0

@@ -23,6 +23,8 @@ from mp_rl.shm.manifest import SharedRun
 pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
 from ray.cluster_utils import Cluster
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 STORE = 80 * 2**20  # bytes of object store a node: small, this machine runs everything at once
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from system_helpers import REPO
 
 from mp_rl import report
@@ -53,6 +54,7 @@ def test_a_live_run_without_a_summary_or_learner_stats_still_reports(tmp_path):
     assert png.parent == tmp_path / "elsewhere" and "monitor moves: 0" in text.read_text()
 
 
+@pytest.mark.system
 def test_the_cli_says_one_line_for_a_folder_with_nothing_to_report(tmp_path):
     cases = [(tmp_path / "missing", "not an mp_rl run folder")]
     empty = tmp_path / "empty"

@@ -15,6 +15,8 @@ from system_helpers import REPO, readable_by_others, wait_for
 from mp_rl.shm import reaper
 from mp_rl.shm.segment import list_segments
 
+pytestmark = pytest.mark.system  # every test here starts the real system
+
 LONG = ["--config", "configs/smoke.yaml", "run.total_env_steps=100000000", "run.wall_time_s=300"]
 
 

@@ -180,6 +180,7 @@ def test_an_actor_changes_its_env_count_when_the_target_moves(tmp_path, shm_name
         shared.close()
 
 
+@pytest.mark.system
 def test_tune_cli_searches_then_a_second_start_only_probes(tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
 
