@@ -120,3 +120,10 @@ def test_each_knobs_triple_is_spelled_alike_and_old_spellings_still_load(tmp_pat
     cfg = load_config(old)
     assert (cfg.actors.initial_count, cfg.replay.max_capacity, cfg.replay.min_capacity) == (3, 50000, 2048)
     assert load_config(None, ["replay.capacity=auto", "replay.capacity_max=4096"]).replay.max_capacity == 4096
+
+
+def test_every_key_has_a_description_for_the_generated_reference():
+    """docs/configuration.md is built from these descriptions (docs/hooks/config_reference.py)."""
+    missing = [f"{section}.{name}" for section, sf in Config.model_fields.items()
+               for name, f in sf.annotation.model_fields.items() if not (f.description or "").strip()]  # fmt: skip
+    assert not missing, missing

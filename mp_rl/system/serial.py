@@ -1,6 +1,9 @@
 """Serial mode: actor, learner and monitor stepped in one process, the same objects as the multiprocess run.
 
-For debugging (a plain stack trace; pdb works) and for tests that need learning without processes.
+The file to read first: `SerialRun.train` is the whole training loop in a dozen lines (act, write
+rows, learn, pick up weights, tick the monitor), as a single-file agent would have it; the
+multiprocess run splits the same calls across processes. For debugging (a plain stack trace; pdb
+works) and for tests that need learning without processes (`run.serial: true`).
 It starts through the supervisor's own path (`open_run`: config.yaml, hardware profile, segments,
 manifest, targets), so a serial run folder is a run folder like any other; the learner checkpoints
 through its own loop step (`Learner.step_and_keep`) and the monitor ticks in between.
