@@ -32,7 +32,7 @@ import numpy as np
 import psutil
 
 from mp_rl import runfolder
-from mp_rl.runfolder import RunFolder
+from mp_rl.runfolder import PROFILE, RunFolder
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.system.telemetry import Delta
 from mp_rl.tools.status import View, member_name
@@ -49,7 +49,7 @@ def start_run(args, out: Path) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen(cmd, stdout=open(out / "run.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        new = [d for d in set(runs.glob("*")) - before if (d / "manifest.json").exists()] if runs.exists() else []
+        new = [d for d in set(runs.glob("*")) - before if RunFolder(d).manifest.exists()] if runs.exists() else []
         if new:
             return proc, new[0]
         if proc.poll() is not None:
@@ -191,7 +191,7 @@ def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, s
     ranked = sorted(zip(names, counts, strict=True), key=lambda p: -p[1])
     bottlenecks = [f"- {n}: {c / len(seen):.0%} of ticks" for n, c in ranked]
     moves = RunFolder(run_dir).decisions("move")
-    ops = run_dir / "profile" / "learner_top_ops.txt"
+    ops = RunFolder(run_dir).profile / "learner_top_ops.txt"
     lines = [
         f"# mp_rl profile: {args.config}, {args.seconds:g} s", "", f"Run folder: `{run_dir}`", "",
         "## Figures (steady part: after the first fifth of the run)", "",
@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     timeline, first, last = sample(run_dir, proc, args.tick)
     proc.wait(timeout=120)
     notes = [finish_pyspy(spy, note, out) if args.py_spy else ""]
-    if args.torch_profiler and (run_dir / "profile").exists():
-        shutil.copytree(run_dir / "profile", out / "profile", dirs_exist_ok=True)
+    if args.torch_profiler and RunFolder(run_dir).profile.exists():
+        shutil.copytree(RunFolder(run_dir).profile, out / PROFILE, dirs_exist_ok=True)
     (out / "timeline.json").write_text(json.dumps({"config": args.config, "run_dir": str(run_dir),
                                                    "timeline": timeline}) + "\n")  # fmt: skip
     notes.append(plot(out / "throughput.png", timeline))

@@ -38,11 +38,12 @@ from mp_rl.agent.actor import Actor
 from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.models import build_q_network
 from mp_rl.config import load_config
+from mp_rl.knobs import Span
 from mp_rl.runfolder import RunFolder
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.sync import RateLimit
 from mp_rl.start import resources
-from mp_rl.start.preflight import Span, new_run_dir, plan
+from mp_rl.start.preflight import new_run_dir, plan
 from mp_rl.system.supervisor import Supervisor
 
 

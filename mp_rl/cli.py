@@ -64,8 +64,9 @@ def check_imports(run_dir: Path, env, trusted: bool) -> None:
     makes the checkpoint safe to load; this makes the config as safe, by asking first."""
     from mp_rl.agent.envs import code_imports
     from mp_rl.config import ConfigError
+    from mp_rl.runfolder import RunFolder
 
     names = code_imports(env)
     if names and not trusted:
-        raise ConfigError(f"{run_dir / 'config.yaml'} would import {', '.join(names)}: "
+        raise ConfigError(f"{RunFolder(run_dir).config} would import {', '.join(names)}: "
                           f"if you trust that run folder, pass {TRUST_FLAG}")  # fmt: skip

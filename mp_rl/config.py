@@ -307,7 +307,7 @@ def _one_line(exc: ValidationError) -> str:
 def apply_override(raw: dict, override: str) -> None:
     """Apply one `a.b=value` override to the raw mapping (value parsed as YAML)."""
     key, sep, text = override.partition("=")
-    parts = key.strip().split(".")
+    parts = _renamed_key(key.strip().split("."))
     if not sep or not all(parts):
         raise ConfigError(f"override {override!r}: expected key.sub=value")
     try:
@@ -332,13 +332,24 @@ RENAMED = {("actors", "initial"): ("actors", "initial_count"), ("replay", "capac
 
 
 def _renamed(raw: dict) -> None:
+    """A config file's old keys under their new names; ConfigError when it gives both spellings."""
     for (section, old), (new_section, new) in RENAMED.items():
         node = raw.get(section)
-        if isinstance(node, dict) and old in node:
-            value = node.pop(old)
-            target = raw.setdefault(new_section, {})
-            if isinstance(target, dict):
-                target.setdefault(new, value)
+        if not isinstance(node, dict) or old not in node:
+            continue
+        target = raw.get(new_section)
+        if target is None:
+            target = raw[new_section] = {}
+        if not isinstance(target, dict):
+            continue  # the section's own error says what is wrong with it
+        if new in target:
+            raise ConfigError(f"{section}.{old} and {new_section}.{new}: the same key twice ({old} is its old name)")
+        target[new] = node.pop(old)
+
+
+def _renamed_key(parts: list[str]) -> list[str]:
+    """An override's key under its new name (`replay.capacity_max=...` sets replay.max_capacity)."""
+    return list(RENAMED.get(tuple(parts), parts)) if len(parts) == 2 else parts
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -362,9 +373,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} holds a value YAML cannot read: {str(exc)[:80]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    _renamed(raw)
     for override in overrides:
         apply_override(raw, override)
-    _renamed(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

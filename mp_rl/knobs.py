@@ -1,7 +1,7 @@
 """The runtime knobs' bounds: where each knob starts and the span it may move in.
 
 The planner (`start.preflight.plan`) resolves them once from the config; the run's manifest carries
-them to every member process (`Knobs.of_info`), so a child never imports the planner to learn them.
+them to every member process (`Knobs.of_info`), so a child needs nothing of the planner to learn them.
 The config spells each triple the same way: `<knob>` (a number or 'auto'), `initial_<knob>`,
 `min_<knob>` where it has one, and `max_<knob>`.
 """
@@ -40,7 +40,16 @@ class Knobs:
 
     @classmethod
     def from_json(cls, d: dict) -> Knobs:
-        return cls(**{name: Span(**d[name]) for name in NAMES})
+        """The knobs as `to_json` wrote them; ValueError naming the knob when a field is missing or wrong
+        (a manifest is read from disk, so it is checked like any input)."""
+        spans = {}
+        for name in NAMES:
+            s = d.get(name) if isinstance(d, dict) else None
+            ints = isinstance(s, dict) and all(type(s.get(k)) is int for k in ("start", "lo", "hi"))
+            if not ints or type(s.get("auto")) is not bool or not s["lo"] <= s["start"] <= s["hi"]:
+                raise ValueError(f"knobs.{name}: expected integers lo <= start <= hi and a bool auto")
+            spans[name] = Span(s["start"], s["lo"], s["hi"], s["auto"])
+        return cls(**spans)
 
     @classmethod
     def of_info(cls, info: dict) -> Knobs:

@@ -14,9 +14,9 @@ import numpy as np
 
 from mp_rl import runfolder
 from mp_rl.cli import Parser, fail, owner_only
-from mp_rl.runfolder import METRICS, RunFolder
+from mp_rl.runfolder import METRICS, REPORT_PNG, REPORT_TEXT, RunFolder
 
-PNG, TEXT = "training_report.png", "training_summary.txt"
+PNG, TEXT = REPORT_PNG, REPORT_TEXT
 
 
 class ReportError(ValueError):

@@ -1,6 +1,6 @@
 """A run's folder: the one place its file names live, how its JSON-lines logs are read, and its steady part.
 
-runs/<name>-<date>-<time>/
+runs/<date>-<time>-<name>/
   config.yaml             the resolved config (`--resume` and `evaluate` read it back)
   manifest.json           the shared segments and their layouts, for processes that attach
   hardware_profile.json   the machine the run started on
@@ -25,17 +25,19 @@ from pathlib import Path
 CONFIG, MANIFEST, HARDWARE = "config.yaml", "manifest.json", "hardware_profile.json"
 METRICS, LEARNER_STATS, DECISIONS = "metrics.jsonl", "learner.jsonl", "decisions.jsonl"
 AUTOTUNE, SUMMARY = "autotune.json", "summary.json"
-CHECKPOINTS, LOGS, PROFILE = "checkpoints", "logs", "profile"
+CHECKPOINTS, LOGS, PROFILE, REPLAY = "checkpoints", "logs", "profile", "replay"
+REPORT_PNG, REPORT_TEXT = "training_report.png", "training_summary.txt"
 BEST, FINAL = "best.pt", "final.pt"
 STEADY_AFTER = 0.2  # the steady part of a run: after the first fifth of its time (start-up, warm-up)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The intact object lines of a JSON-lines file (a live run may be writing its last one)."""
+def read_jsonl(path: Path, last: int | None = None) -> list[dict]:
+    """The intact object lines of a JSON-lines file (a live run may be writing its last one); with
+    `last`, of its last `last` lines only (read from the end: a live view polls long files)."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in _tail(path, last) if last else path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -43,6 +45,18 @@ def read_jsonl(path: Path) -> list[dict]:
         if isinstance(row, dict):
             out.append(row)
     return out
+
+
+def _tail(path: Path, lines: int, chunk: int = 1 << 16) -> list[str]:
+    """The last `lines` lines of a text file, read backwards in chunks."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        data, at = b"", end
+        while at > 0 and data.count(b"\n") <= lines:
+            start = max(0, at - chunk)
+            f.seek(start)
+            data, at = f.read(at - start) + data, start
+    return data.decode(errors="replace").splitlines()[-lines:]
 
 
 def steady(lines: list[dict], key: str = "time") -> list[dict]:
@@ -78,6 +92,8 @@ class RunFolder:
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     logs = property(lambda self: self.path / LOGS)
     profile = property(lambda self: self.path / PROFILE)
+    manifest = property(lambda self: self.path / MANIFEST)
+    replay = property(lambda self: self.path / REPLAY)
     best = property(lambda self: self.path / CHECKPOINTS / BEST)
     final = property(lambda self: self.path / CHECKPOINTS / FINAL)
 
@@ -95,9 +111,9 @@ class RunFolder:
     def learner_stats(self) -> list[dict]:
         return read_jsonl(self.learner_file)
 
-    def decisions(self, kind: str | None = None) -> list[dict]:
-        """The monitor's decisions (`kind`: only "move", or only "undo")."""
-        return [d for d in read_jsonl(self.decisions_file) if kind is None or d.get("kind") == kind]
+    def decisions(self, kind: str | None = None, last: int | None = None) -> list[dict]:
+        """The monitor's decisions (`kind`: only "move", or only "undo"), of its last `last` lines."""
+        return [d for d in read_jsonl(self.decisions_file, last) if kind is None or d.get("kind") == kind]
 
     def summary(self) -> dict:
         """The final figures, {} before the stop or when the file is damaged."""

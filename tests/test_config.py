@@ -120,6 +120,13 @@ def test_each_knobs_triple_is_spelled_alike_and_old_spellings_still_load(tmp_pat
     cfg = load_config(old)
     assert (cfg.actors.initial_count, cfg.replay.max_capacity, cfg.replay.min_capacity) == (3, 50000, 2048)
     assert load_config(None, ["replay.capacity=auto", "replay.capacity_max=4096"]).replay.max_capacity == 4096
+    # An old key on the command line overrides the file's new one; a file with both is refused.
+    laptop = load_config("configs/laptop.yaml", ["replay.capacity_max=100000"])
+    assert laptop.replay.max_capacity == 100000
+    both = tmp_path / "both.yaml"
+    both.write_text("replay: {capacity: auto, capacity_max: 50000, max_capacity: 60000}\n")
+    with pytest.raises(ConfigError, match=r"replay\.capacity_max and replay\.max_capacity: the same key twice"):
+        load_config(both)
 
 
 def test_every_key_has_a_description_for_the_generated_reference():

@@ -191,6 +191,10 @@ CHANGES = {
     "a list of segments": lambda m: m.update(segments=[]),
     "no ring": lambda m: m["segments"].pop("ring"),
     "a bad rate limit": lambda m: m["segments"]["ring"]["limit"].update(block="x"),
+    "knobs without a batch": lambda m: m["info"].update(knobs={"actors": {"start": 1, "lo": 1, "hi": 1, "auto": 0}}),
+    "a knob outside its bounds": lambda m: m["info"].update(
+        knobs={k: {"start": 9, "lo": 1, "hi": 4, "auto": True} for k in ("actors", "batch_size", "capacity")}
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """The package's import graph: no cycles, and the member processes never import the planner.
 
 Every import counts, a function's too (it runs when the function does), except those under
-`if TYPE_CHECKING:`, which never run.
+`if TYPE_CHECKING:`, which never run. This is the package's own graph: a child started with `spawn`
+also re-imports its parent's main module (`mp_rl.run` for a supervisor's children), whatever that imports.
 """
 
 from __future__ import annotations

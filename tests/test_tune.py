@@ -13,10 +13,11 @@ import pytest
 from system_helpers import REPO
 
 from mp_rl.config import load_config
+from mp_rl.knobs import Span
 from mp_rl.start import autotune, cache
 from mp_rl.start.autotune import Space, Timing, Tuner
 from mp_rl.start.budget import Point
-from mp_rl.start.preflight import Span, plan
+from mp_rl.start.preflight import plan
 
 FAST = Timing(settle_s=0.5, window_s=0.5, windows=3)
 

@@ -16,7 +16,7 @@ import torch
 from mp_rl.agent.envs import make_actor_envs
 from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network, q_values
-from mp_rl.agent.nstep import FrameBlockBuilder, NStepBuilder
+from mp_rl.agent.nstep import BlockPacker, FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
 from mp_rl.ports import ActorRun
 from mp_rl.shm.board import flatten_parameters
@@ -84,9 +84,11 @@ class Actor:
         self.num_envs = sum(e.num_envs for e in envs)
         self.epsilons = self._epsilons(self.cfg, self.index, self.count)
         self.lanes, first, self.turn = [], 0, 0
+        ring = self.shared.ring.spec
+        packer = BlockPacker(ring.block)  # one partial block per actor, whatever its lanes
         for env in envs:
             obs, _ = env.reset(seed=self.seed)
-            lane = Lane(env, self._builder(self.cfg, self.shared.ring.spec, self.spec, env.num_envs), obs)
+            lane = Lane(env, self._builder(self.cfg, ring, self.spec, env.num_envs, packer), obs)
             lane.epsilons, first = self.epsilons[first : first + env.num_envs], first + env.num_envs
             lane.builder.start(obs)
             self.lanes.append(lane)
@@ -115,14 +117,18 @@ class Actor:
         return f"{hi:.4f}" if lo == hi else f"{hi:.4f}..{lo:.5f}"
 
     @staticmethod
-    def _builder(cfg: Config, ring: RingSpec, spec: EnvSpec, num_envs: int) -> NStepBuilder:
-        """Frame rows when the ring keeps frames (one block per env per `block` steps), whole rows otherwise."""
+    def _builder(
+        cfg: Config, ring: RingSpec, spec: EnvSpec, num_envs: int, packer: BlockPacker | None = None
+    ) -> NStepBuilder:
+        """Frame rows when the ring keeps frames (one block per env per `block` steps), whole rows otherwise
+        (packed into blocks by `packer`, which the actor's lanes share)."""
         n, gamma = cfg.replay.n_step, cfg.replay.gamma
         if ring.frames is not None:
             f = ring.frames
             return FrameBlockBuilder(num_envs, f.shape, f.dtype, n, gamma, f.stack, ring.block)
         chunk = NStepBuilder.chunk_for(num_envs, spec.obs_shape, spec.obs_dtype)
-        return NStepBuilder(num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk, block=ring.block)
+        return NStepBuilder(num_envs, spec.obs_shape, spec.obs_dtype, n, gamma, chunk=chunk, block=ring.block,
+                            packer=packer)  # fmt: skip
 
     # The first lane, by the names a one-lane actor has always had (tests and benchmarks swap its env).
     env = property(lambda self: self.lanes[0].env, lambda self, env: setattr(self.lanes[0], "env", env))

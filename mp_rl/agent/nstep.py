@@ -100,10 +100,12 @@ class NStepBuilder:
     history = 0  # observations kept before a chunk's first step (frame rows keep the stack's)
 
     def __init__(
-        self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16, block: int = 64
-    ):
+        self, num_envs: int, obs_shape, obs_dtype: str, n: int, gamma: float, chunk: int = 16, block: int = 64,
+        packer: BlockPacker | None = None,
+    ):  # fmt: skip
         self.n, self.chunk, self.num_envs = n, chunk, num_envs
-        self.packer = BlockPacker(block)
+        # Builders of one actor share its packer: rows of all its envs fill the same blocks.
+        self.packer = packer if packer is not None else BlockPacker(block)
         size = chunk + n - 1  # a chunk of starts plus the look-ahead their last rows need
         # Observations are stored once: with NEXT_STEP autoreset the observation a step returns is
         # the one the next step starts from, so next_obs[t] is obs[t + 1] (one store per step, not two).

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from mp_rl.files import write_json_atomic
+from mp_rl.knobs import Knobs
 from mp_rl.runfolder import CONFIG, MANIFEST
 from mp_rl.shm.board import WeightBoard
 from mp_rl.shm.control import ControlBlock
@@ -89,6 +90,8 @@ def _checked(m: object) -> dict:
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 1e6:
             raise ValueError("info.env.obs_scale must be a positive number")
     _want(info.get("config", ""), str, "info.config")
+    if "knobs" in info:  # the learner and the monitor take their bounds from here
+        Knobs.from_json(info["knobs"])
     return m
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from mp_rl.files import write_json_atomic
+from mp_rl.runfolder import REPLAY
 from mp_rl.shm.ring import ReplayRing
 
-FOLDER, VERSION = "replay", 1
+FOLDER, VERSION = REPLAY, 1  # the run folder's subfolder (runfolder.REPLAY); its layout is this file's
 _CHUNK = 256  # blocks copied at a time: bounded memory for a ring of any size
 RESTORE_TOKEN = 2**31  # the writer token of a restore: above every member slot's
 

@@ -141,7 +141,7 @@ class Budget:
 
     def actor(self, envs: int) -> Line:
         c = self.cfg
-        stage = c.actors.block * sum(f.row_bytes for f in self.ring.fields)
+        stage = c.actors.block * sum(f.row_bytes for f in self.ring.fields)  # the one partial block an actor packs
         ram = self.bases.actor + self.env.first + envs * self.env.each + 8 * self.net.numel
         ram += self.builder_bytes(envs) + stage
         envpool = c.env.backend == "envpool"

@@ -68,9 +68,10 @@ class SerialRun:
         """Step until total_env_steps or `max_seconds`; returns env steps taken."""
         deadline, before = time.monotonic() + max_seconds, self.actor.steps
         while self.actor.steps - before < self.cfg.run.total_env_steps and time.monotonic() < deadline:
-            self.actor.keep_weights_fresh(self.actor.step())
+            width = self.actor.step()
             self._catch_up()
             self._tick_monitor()
+            self.actor.keep_weights_fresh(width)  # after the catch-up: the pickup sees its updates
         steps = self.actor.steps - before
         self.shared.control.add("env_steps", steps)
         return steps

@@ -57,7 +57,7 @@ class View:
         }  # fmt: skip
 
     def decisions(self, n: int) -> list[dict]:
-        moves = RunFolder(self.run_dir).decisions("move")
+        moves = RunFolder(self.run_dir).decisions("move", last=200)
         return [{k: d[k] for k in ("time", "knob", "old", "new", "rule")} for d in moves[-n:]]
 
 
