@@ -1,0 +1,109 @@
+"""Growth carries the learned function over exactly; a shrink keeps the strongest units and says what
+it changed; Adam's moments follow the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mp_rl.agent import growth
+from mp_rl.agent.models import build_q_network, q_values
+
+# (observation, small network, grown network): MLPs, MinAtar's small CNN, the Nature CNN; plain,
+# dueling and quantile (QR-DQN) heads.
+CASES = {
+    "mlp": ((6,), dict(hidden=(16, 16)), dict(hidden=(48, 32))),
+    "mlp, dueling quantiles": ((6,), dict(hidden=(16,), dueling=True, quantiles=5), dict(hidden=(40,))),
+    "small cnn, dueling": ((10, 10, 4), dict(cnn_scale=0.25, dueling=True), dict(cnn_scale=1.0)),
+    "nature cnn, quantiles": ((4, 44, 44), dict(cnn_scale=0.25, quantiles=3), dict(cnn_scale=0.5)),
+}
+
+
+def net(obs, small: dict, **wider) -> torch.nn.Module:
+    kw = {"hidden": (), "dueling": False, "quantiles": 0, "cnn_scale": 1.0, **small, **wider}
+    return build_q_network(obs, 4, kw["hidden"], kw["dueling"], scale=1.0, quantiles=kw["quantiles"],
+                           cnn_scale=kw["cnn_scale"])  # fmt: skip
+
+
+def trained(obs, small: dict) -> tuple[torch.nn.Module, torch.optim.Adam]:
+    """A small network after a few Adam steps (biases and moments away from their initial values)."""
+    torch.manual_seed(0)
+    old = net(obs, small)
+    opt = torch.optim.Adam(old.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        q_values(old(torch.rand(8, *obs))).pow(2).mean().backward()
+        opt.step()
+    return old, opt
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_growth_preserves_every_q_value(case):
+    obs, small, wide = CASES[case]
+    old, _ = trained(obs, small)
+    new = net(obs, small, **wide)
+    assert sum(p.numel() for p in new.parameters()) > sum(p.numel() for p in old.parameters())
+    growth.transfer(old, new)
+    x = torch.rand(32, *obs) * 2
+    assert growth.q_change(old, new, x) < 1e-5
+    assert torch.allclose(old(x), new(x), atol=1e-5)
+
+
+def test_new_units_have_fresh_inputs_and_zero_outputs_and_then_learn():
+    obs, small, wide = CASES["mlp"]
+    old, _ = trained(obs, small)
+    new = net(obs, small, **wide)
+    growth.transfer(old, new)
+    first, second = new[1][1], new[1][3]  # Linear(6, 48), Linear(48, 32)
+    assert first.weight[16:].abs().sum() > 0, "new units read the input through fresh weights"
+    assert second.weight[:16, 16:].abs().sum() == 0, "kept units read nothing from new ones"
+    head = new[1][-1]
+    assert head.weight[:, 16:].abs().sum() == 0
+    q_values(new(torch.rand(8, *obs))).pow(2).mean().backward()
+    assert head.weight.grad[:, 16:].abs().sum() > 0, "the new units' outgoing weights get gradients"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_shrinking_back_after_growth_removes_only_the_new_units(case):
+    obs, small, wide = CASES[case]
+    old, _ = trained(obs, small)
+    grown = net(obs, small, **wide)
+    growth.transfer(old, grown)
+    back = net(obs, small)
+    growth.transfer(grown, back)
+    x = torch.rand(16, *obs)
+    assert growth.q_change(old, back, x) < 1e-5  # the new units contributed nothing, so they go
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), back.parameters(), strict=True))
+
+
+def test_a_real_shrink_keeps_the_strongest_units_and_reports_its_change():
+    obs, small, _ = CASES["mlp"]
+    old, _ = trained(obs, small)
+    with torch.no_grad():
+        old[1][3].weight[:, 5] *= 100  # unit 5 of the first layer matters most to the second
+    narrow = net(obs, small, hidden=(4, 16))
+    layers = growth.transfer(old, narrow)
+    assert 5 in layers[0].keep_out.tolist() and len(layers[0].keep_out) == 4
+    assert growth.q_change(old, narrow, torch.rand(16, *obs)) > 0
+
+
+def test_adam_moments_follow_the_weights_and_new_ones_start_at_zero():
+    obs, small, wide = CASES["small cnn, dueling"]
+    old, opt = trained(obs, small)
+    new = net(obs, small, **wide)
+    layers = growth.transfer(old, new)
+    new_opt = torch.optim.Adam(new.parameters(), lr=1e-2)
+    growth.transfer_adam(opt, new_opt, layers)
+    conv_old, conv_new = layers[0].old.weight, layers[0].new.weight
+    s_old, s_new = opt.state[conv_old], new_opt.state[conv_new]
+    kept = len(layers[0].keep_out)
+    assert torch.equal(s_new["exp_avg"][:kept], s_old["exp_avg"]) and s_new["exp_avg"][kept:].abs().sum() == 0
+    assert torch.equal(s_new["exp_avg_sq"][:kept], s_old["exp_avg_sq"]) and float(s_new["step"]) == 3.0
+    new_opt.zero_grad()
+    q_values(new(torch.rand(8, *obs))).pow(2).mean().backward()
+    new_opt.step()  # the moved state is usable as it is
+
+
+def test_networks_of_another_depth_are_refused():
+    with pytest.raises(ValueError, match="depth"):
+        growth.plan(net((6,), {"hidden": (16,)}), net((6,), {"hidden": (16, 16)}))
