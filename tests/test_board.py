@@ -8,7 +8,7 @@ from helpers import drain, join_all, requires_cuda
 from torch import nn
 
 from mp_rl.shm.board import WeightBoard, flatten_parameters
-from mp_rl.testing import publisher_proc, reader_proc
+from mp_rl.testing import GROWN, following_reader_proc, growing_publisher_proc, publisher_proc, reader_proc
 
 NUMEL = 1_700_000  # the Nature CNN's parameter count
 
@@ -59,6 +59,43 @@ def test_readers_never_see_a_torn_or_older_snapshot_under_a_full_speed_publisher
     assert results["publisher"][0] > 10
     for reads, torn, regressions, _retries in results["reader"]:
         assert reads > 10 and torn == 0 and regressions == 0
+
+
+def test_readers_following_a_growing_network_never_hold_a_mix_of_layouts(shm_name, spawn):
+    """A publisher switches between two layouts every third version at full speed; four readers rebuild
+    for the new layout when theirs is refused. No version is ever held in another layout than its own."""
+    board = WeightBoard.create(shm_name("board"), max(GROWN))
+    try:
+        q, entry = spawn.Queue(), board.describe()
+        procs = [spawn.Process(target=growing_publisher_proc, args=(entry, max(GROWN), 2.0, q), name="publisher")]
+        procs += [spawn.Process(target=following_reader_proc, args=(entry, max(GROWN), 2.0, q), name=f"reader-{i}")
+                  for i in range(4)]  # fmt: skip
+        for p in procs:
+            p.start()
+        results: dict[str, list] = {}
+        for _ in range(5):
+            key, value = drain(q, 1, 60, procs).popitem()
+            results.setdefault(key, []).append(value)
+        join_all(procs, 30)
+    finally:
+        board.destroy()
+    assert results["publisher"][0] > 30
+    for reads, wrong, rebuilds in results["reader"]:
+        assert reads > 10 and rebuilds > 2 and wrong == 0, (reads, wrong, rebuilds)
+
+
+def test_a_reader_of_another_layout_gets_nothing_until_it_rebuilds(shm_name):
+    board = WeightBoard.create(shm_name("board"), 100)
+    try:
+        board.publish(torch.full((40,), 7.0), shape=(2,))
+        small = torch.zeros(40)
+        assert board.read_into(small, shape=(1,)) == 0 and small.abs().sum() == 0  # not its layout: untouched
+        assert board.latest_shape() == (40, 2)
+        assert board.read_into(small, shape=(2,)) == 1 and float(small.min()) == 7.0
+        with pytest.raises(ValueError, match="do not fit"):
+            board.publish(torch.zeros(101))
+    finally:
+        board.destroy()
 
 
 def test_a_reader_racing_a_publisher_retries_rather_than_keeping_a_torn_copy(board):

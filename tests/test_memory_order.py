@@ -54,6 +54,9 @@ class RecordingFlat:
     def __init__(self, log: list[tuple], numel: int):
         self.log, self.t, self.is_cuda = log, torch.zeros(numel), False
 
+    def numel(self) -> int:
+        return self.t.numel()
+
     def detach(self) -> torch.Tensor:  # publish reads the source through detach()
         self.log.append(("copy",))
         return self.t

@@ -8,6 +8,13 @@ no lock and never block the publisher; a torn copy is never kept (it is retried)
 
 On CUDA, `pin()` registers both host slots with cudaHostRegister so the device-to-host copy of a
 publish is one DMA straight into shared memory, with no staging buffer.
+
+A network that grows (`agent.growth`) changes its parameter count and layout. The board is laid out
+for the largest network the plan allows, and each slot carries the shape of the weights in it: a few
+integers (`SHAPE_WORDS`; the first is their count) written with the weights, before the slot's even
+mark. A reader names the shape it can take; a slot of another shape is never copied
+(`read_into` returns what it had), so the reader rebuilds its network for `latest_shape()` and reads
+again: no policy ever holds a mix of two layouts.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from torch import nn
 
 from mp_rl.shm import atomics
 from mp_rl.shm.segment import Layout, Segment
+
+SHAPE_WORDS = 8  # per slot: the weights' parameter count, then up to 7 integers describing their layout
 
 
 def flatten_parameters(module: nn.Module) -> torch.Tensor:
@@ -45,7 +54,7 @@ class WeightBoard:
         self.segment, self.numel = segment, numel
         self.layout = self.layout_for(numel)
         v = self.layout.views(segment.buf)
-        self._words, self._marks = v["words"], v["marks"]
+        self._words, self._marks, self._shapes = v["words"], v["marks"], v["shapes"]
         self.version_addr = atomics.address_of(v["words"])
         self.mark_addr = [atomics.address_of(v["marks"], 0), atomics.address_of(v["marks"], 8)]
         self.slots = [torch.from_numpy(v["slots"][i]) for i in range(2)]
@@ -56,7 +65,8 @@ class WeightBoard:
     @staticmethod
     def layout_for(numel: int) -> Layout:
         # The two marks sit on separate cache lines; each slot starts on a page.
-        return Layout.build([("words", "<i8", (8,)), ("marks", "<i8", (16,)), ("slots", "<f4", (2, numel))])
+        return Layout.build([("words", "<i8", (8,)), ("marks", "<i8", (16,)), ("shapes", "<i8", (2, SHAPE_WORDS)),
+                             ("slots", "<f4", (2, numel))])  # fmt: skip
 
     @classmethod
     def create(cls, name: str, numel: int) -> WeightBoard:
@@ -95,12 +105,12 @@ class WeightBoard:
             torch.cuda.cudart().cudaHostUnregister(self.slots[0].data_ptr())
             self._pinned = False
 
-    def publish(self, flat: torch.Tensor) -> int:
+    def publish(self, flat: torch.Tensor, shape: tuple[int, ...] = ()) -> int:
         """Copy `flat` (CPU or CUDA, float32) into the board as the next version; return it."""
-        self.begin_publish(flat)
+        self.begin_publish(flat, shape)
         return self.flush()
 
-    def begin_publish(self, flat: torch.Tensor) -> int:
+    def begin_publish(self, flat: torch.Tensor, shape: tuple[int, ...] = ()) -> int:
         """Start publishing `flat` as the next version; return that version.
 
         From the CPU the copy is done on return. From CUDA the device-to-host copy is queued on the
@@ -108,7 +118,11 @@ class WeightBoard:
         and the slot is marked complete later, by `poll` once its event has fired or by `flush`: the
         learner never waits for the copy. At most one publish is in flight; starting another first
         completes the previous one, since the next version's slot is the one readers use now.
+        `shape` describes a network that may change its layout (at most `SHAPE_WORDS - 1` integers).
         """
+        n = flat.numel()
+        if n > self.numel or len(shape) >= SHAPE_WORDS:
+            raise ValueError(f"weight board: {n:,} parameters of shape {shape} do not fit {self.numel:,}")
         self.flush()
         v = self.version + 1
         s = v % 2
@@ -116,13 +130,15 @@ class WeightBoard:
         # Full fence: the copy's plain stores must not become visible before the odd mark. On arm64
         # a seq-cst store is a one-way barrier (stlr): it holds back what came before, not what follows.
         atomics.fence()
+        self._shapes[s] = 0
+        self._shapes[s, : len(shape) + 1] = (n, *shape)  # inside the odd window, like the weights
         if flat.is_cuda:
-            self.slots[s].copy_(flat.detach(), non_blocking=self._pinned)
+            self.slots[s][:n].copy_(flat.detach(), non_blocking=self._pinned)
             done = torch.cuda.Event()
             done.record()
             self._pending = (v, done)
         else:
-            self.slots[s].copy_(flat.detach())
+            self.slots[s][:n].copy_(flat.detach())
             self._complete(v)
         return v
 
@@ -145,15 +161,30 @@ class WeightBoard:
         atomics.store(self.mark_addr[v % 2], 2 * v)
         atomics.store(self.version_addr, v)
 
-    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0) -> int:
+    def latest_shape(self) -> tuple[int, ...]:
+        """The shape published with the newest version: its parameter count first (a reader rebuilds its
+        network for it when it differs from its own; `read_into` checks it again under the seqlock)."""
+        for _ in range(1000):
+            v = self.version
+            s = v % 2
+            mark = atomics.load(self.mark_addr[s])
+            shape = self._shapes[s].copy()
+            atomics.fence()
+            if mark == 2 * v and atomics.load(self.mark_addr[s]) == mark:
+                return _shape(shape)
+        raise TimeoutError("weight board: no stable shape")
+
+    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0, shape: tuple[int, ...] = ()) -> int:
         """Copy the newest complete version into `flat` if it is newer than `have`; return the version held.
 
         `flat` is typically `flatten_parameters(policy)`, so this updates the policy in place. A
         copy that raced a publisher is retried at once; only if none succeeds within `timeout`
         (a publisher two versions ahead during every copy) is TimeoutError raised, and `flat` must
-        then be treated as garbage.
+        then be treated as garbage. A version of another shape than `(flat.numel(), *shape)` is not
+        copied: `have` comes back, and the caller rebuilds for `latest_shape()`.
         """
         deadline = time.monotonic() + timeout
+        want = (flat.numel(), *shape)
         while True:
             v = self.version
             if v <= have:
@@ -161,7 +192,12 @@ class WeightBoard:
             s = v % 2
             mark = atomics.load(self.mark_addr[s])  # seq-cst load (ldar): the copy's loads cannot rise above it
             if mark == 2 * v:
-                flat.copy_(self.slots[s])
+                if _shape(self._shapes[s]) != want:
+                    atomics.fence()  # the shape was read inside the window: another layout, not a torn one
+                    if atomics.load(self.mark_addr[s]) == mark:
+                        return have
+                    continue
+                flat.copy_(self.slots[s][: want[0]])
                 # Full fence: the copy's plain loads complete before the re-check. An acquire load alone
                 # (ldar on arm64) lets earlier plain loads be satisfied after it: a torn copy could pass.
                 atomics.fence()
@@ -174,9 +210,17 @@ class WeightBoard:
     def close(self) -> None:
         self.flush()
         self.unpin()
-        self.slots = self._words = self._marks = None
+        self.slots = self._words = self._marks = self._shapes = None
         self.segment.close()
 
     def destroy(self) -> None:
         self.close()
         self.segment.unlink()
+
+
+def _shape(words) -> tuple[int, ...]:
+    """A slot's shape words as published: the count, then the layout's integers (trailing zeros dropped)."""
+    out = [int(x) for x in words]
+    while len(out) > 1 and out[-1] == 0:
+        out.pop()
+    return tuple(out)

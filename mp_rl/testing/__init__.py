@@ -187,6 +187,47 @@ def reader_proc(entry: dict, numel: int, duration: float, out) -> None:
     board.close()
 
 
+GROWN = (1_000, 300_000)  # the two layouts a growing publisher alternates between, by parameter count
+
+
+def layout_of(version: int) -> int:
+    """Which of `GROWN` a growing publisher gives `version`: it changes every third version."""
+    return (version // 3) % 2
+
+
+def growing_publisher_proc(entry: dict, numel: int, duration: float, out) -> None:
+    """Publish versions 1, 2, ... (value = version) in a layout that changes every third version."""
+    board = WeightBoard.attach(entry["segment"], numel)
+    end, v = time.monotonic() + duration, 0
+    while time.monotonic() < end:
+        kind = layout_of(v + 1)
+        v = board.publish(torch.full((GROWN[kind],), float(v + 1)), shape=(kind + 1,))
+    out.put(("publisher", v))
+    board.close()
+
+
+def following_reader_proc(entry: dict, numel: int, duration: float, out) -> None:
+    """Follow a growing publisher as an actor does: rebuild for `latest_shape()` when a read of its own
+    layout is refused. Count versions held in another layout than theirs, or torn."""
+    board = WeightBoard.attach(entry["segment"], numel)
+    kind, have, reads, wrong, rebuilds = 0, 0, 0, 0, 0
+    flat = torch.empty(GROWN[kind])
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        v = board.read_into(flat, have=have, timeout=5.0, shape=(kind + 1,))
+        if v == have:
+            if board.version > have:  # a newer version in another layout: rebuild, as an actor would
+                n, code = board.latest_shape()
+                kind, flat, rebuilds = code - 1, torch.empty(n), rebuilds + 1
+            continue
+        reads += 1
+        lo, hi = float(flat.min()), float(flat.max())
+        wrong += int(lo != hi or lo != float(v) or layout_of(v) != kind or flat.numel() != GROWN[kind])
+        have = v
+    out.put(("reader", (reads, wrong, rebuilds)))
+    board.close()
+
+
 def waiter_proc(addr_entry: dict, timeout: float, out) -> None:
     """Attach a segment, sleep on its wakeup until word 8 is non-zero; report when it woke."""
     from mp_rl.shm import atomics
