@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mp_rl.agent import checkpoint
+from mp_rl.agent import checkpoint, growth
 from mp_rl.agent.envs import env_factory, probe
 from mp_rl.agent.envspec import EnvError
 from mp_rl.agent.evaluation import greedy_returns
@@ -55,7 +55,7 @@ def load_policy(run_dir: Path, which: str, trust_imports: bool = False):
     path = checkpoint_path(run_dir, which)
     try:
         state = checkpoint.load(path)
-        policy = q_network(probe(cfg.env), cfg.learner)
+        policy = q_network(probe(cfg.env), growth.saved_widths(cfg.learner, state))
         policy.load_state_dict(state["model"])
     except EnvError:
         raise

@@ -42,8 +42,9 @@ class RowSink(Protocol):
 class WeightSource(Protocol):
     """Where an actor's weights come from: the weight board, or the ingest's shared copy of it."""
 
-    def read_into(self, flat: torch.Tensor, have: int = 0) -> int:
-        """Copy weights newer than version `have` into `flat`; the version `flat` now holds."""
+    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0, shape: tuple[int, ...] = ()) -> int:
+        """Copy weights newer than version `have` into `flat`, if they have its layout (`shape`: see
+        `WeightBoard`); the version `flat` now holds."""
         ...
 
 

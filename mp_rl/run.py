@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mp_rl.agent import checkpoint
+from mp_rl.agent import checkpoint, growth
 from mp_rl.agent.models import q_network
 from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail, owner_only
 from mp_rl.config import ConfigError, dump_config, load_config
@@ -99,9 +99,11 @@ def saved_replay(run_dir: Path, run_plan) -> None:
 
 def fits_network(run_plan, state: dict, ckpt: Path) -> None:
     """StartError unless the checkpoint's model has the parameter names and shapes this config's network has
-    (an older mp_rl's network, or a changed env, `learner.network`, `algo` or `hidden`, would not load)."""
+    (an older mp_rl's network, or a changed env, `learner.network`, `algo` or `hidden`, would not load). A
+    network that grew is compared at the widths its checkpoint recorded (`growth.saved_widths`)."""
+    lc = growth.saved_widths(run_plan.cfg.learner, state)
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in q_network(run_plan.spec, run_plan.cfg.learner).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in q_network(run_plan.spec, lc).state_dict().items()}
     model = state["model"]
     got = {k: tuple(getattr(v, "shape", ())) for k, v in model.items()} if isinstance(model, dict) else {}
     if got != want:

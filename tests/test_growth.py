@@ -107,3 +107,79 @@ def test_adam_moments_follow_the_weights_and_new_ones_start_at_zero():
 def test_networks_of_another_depth_are_refused():
     with pytest.raises(ValueError, match="depth"):
         growth.plan(net((6,), {"hidden": (16,)}), net((6,), {"hidden": (16, 16)}))
+
+
+def test_a_learner_grows_mid_training_and_its_actor_follows_without_a_restart(tmp_path, shm_name):
+    """The learner widens its network between updates: Q-values unchanged, Adam's step kept, training
+    goes on; its actor sees the new layout on the board, rebuilds, and then acts with the learner's
+    exact network."""
+    from mp_rl.agent.actor import Actor
+    from mp_rl.agent.learner import Learner
+    from mp_rl.config import load_config
+    from mp_rl.shm.control import Kind
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import plan
+    from mp_rl.testing import make_rows
+
+    cfg = load_config("configs/smoke.yaml", ["replay.samples_per_insert=null", "replay.min_fill=64"])
+    p = plan(cfg)
+    big = sum(x.numel() for x in net((4,), {"hidden": (128,)}).parameters())  # the board holds the grown one
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, big, 4)
+    try:
+        rows = make_rows(0, 0, shared.ring.spec.block)
+        rows["action"] = rows["action"] % 2
+        for _ in range(512 // shared.ring.spec.block):
+            shared.ring.writer(1).write(rows)
+        learner = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        actor = Actor(cfg, shared, p.spec, shared.control.claim(Kind.ACTOR), index=0, count=1, seed=0)
+        for _ in range(10):
+            assert learner.step(timeout=2.0)
+        learner.publish()
+        actor.sync_weights()
+        obs = torch.rand(64, 4)
+        before = learner.online(obs).detach()
+        step = float(next(iter(learner.optimizer.state.values()))["step"])
+        learner.grow(hidden=(128,))
+        assert learner.arch == (1000, 128) and torch.allclose(learner.online(obs), before, atol=1e-5)
+        assert float(next(iter(learner.optimizer.state.values()))["step"]) == step
+        for _ in range(10):
+            assert learner.step(timeout=2.0)
+        v = learner.publish()
+        old_policy = actor.policy
+        actor.sync_weights()
+        assert actor.policy is not old_policy and actor.arch == (1000, 128) and actor.weights_version == v
+        assert torch.equal(actor.policy(obs), learner.online(obs).detach())
+        learner.close()
+        actor.close()
+    finally:
+        shared.close()
+
+
+def test_a_grown_learners_checkpoint_restores_at_its_grown_size(tmp_path, shm_name):
+    """Saved after growth, restored by a learner built from the run's original config: it rebuilds at
+    the recorded widths first, then loads; `evaluate` builds the same network from the checkpoint."""
+    from mp_rl.agent import checkpoint
+    from mp_rl.agent.learner import Learner
+    from mp_rl.config import load_config
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import plan
+
+    cfg = load_config("configs/smoke.yaml")
+    p = plan(cfg)
+    big = sum(x.numel() for x in net((4,), {"hidden": (96,), "dueling": True}).parameters())
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, big, 4)
+    try:
+        grown = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        grown.grow(hidden=(96,))
+        grown.save(tmp_path / "grown.pt")
+        obs = torch.rand(16, 4)
+        want = grown.online(obs).detach()
+        grown.close()
+        fresh = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        state = checkpoint.load(tmp_path / "grown.pt")
+        fresh.restore(state)
+        assert fresh.arch == (1000, 96) and torch.equal(fresh.online(obs).detach(), want)
+        assert growth.saved_widths(cfg.learner, state).hidden == (96,)
+        fresh.close()
+    finally:
+        shared.close()

@@ -20,11 +20,37 @@ is kept. The target network is transferred with the same keeps as the online one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mp_rl.agent.models import DuelingHead, q_values
+
+if TYPE_CHECKING:
+    from mp_rl.config import LearnerConfig
+
+
+def arch_code(lc: LearnerConfig) -> tuple[int, ...]:
+    """A network's widths as the integers the weight board carries with its weights: `cnn_scale` in
+    thousandths, then the hidden sizes. The learner publishes it; actors rebuild from it (`with_arch`)."""
+    return (round(lc.cnn_scale * 1000), *lc.hidden)
+
+
+def with_arch(lc: LearnerConfig, code: tuple[int, ...]) -> LearnerConfig:
+    """`lc` with the widths `arch_code` gave."""
+    return lc.model_copy(update={"cnn_scale": code[0] / 1000, "hidden": tuple(code[1:])})
+
+
+def saved_widths(lc: LearnerConfig, state: dict) -> LearnerConfig:
+    """`lc` with the widths a checkpoint recorded: a network that grew is rebuilt at its grown size."""
+    saved = (state.get("config") or {}).get("learner") or {}
+    update = {}
+    if isinstance(saved.get("hidden"), list) and all(isinstance(h, int) for h in saved["hidden"]):
+        update["hidden"] = tuple(saved["hidden"])
+    if isinstance(saved.get("cnn_scale"), (int, float)) and not isinstance(saved["cnn_scale"], bool):
+        update["cnn_scale"] = float(saved["cnn_scale"])
+    return lc.model_copy(update=update)
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,13 @@ def plan(old: nn.Module, new: nn.Module) -> list[Layer]:
     for o, n in zip(old_heads, new_heads, strict=True):
         layers.append(Layer(o, n, torch.arange(o.weight.shape[0]), _inputs(o, keep_in, units_in)))
     return layers
+
+
+def plan_like(layers: list[Layer], old: nn.Module, new: nn.Module) -> list[Layer]:
+    """The same keeps for another pair of networks of the same widths (the target network's)."""
+    (old_trunk, old_heads), (new_trunk, new_heads) = weight_layers(old), weight_layers(new)
+    pairs = zip(old_trunk + old_heads, new_trunk + new_heads, layers, strict=True)
+    return [Layer(o, n, layer.keep_out, layer.keep_in) for o, n, layer in pairs]
 
 
 def _inputs(layer: nn.Module, keep: torch.Tensor | None, units: int | None) -> torch.Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mp_rl.agent import checkpoint, quantiles
+from mp_rl.agent import checkpoint, growth, quantiles
 from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network, q_values
 from mp_rl.agent.priorities import Priorities
@@ -60,16 +60,14 @@ class Learner:
         self, cfg: Config, shared: SharedRun, spec: EnvSpec, batch: Span, device: torch.device | None = None,
         seed: int = 0,
     ):  # fmt: skip
-        self.cfg, self.shared, self.batch = cfg, shared, batch
+        self.cfg, self.shared, self.batch, self.spec = cfg, shared, batch, spec
         self.device = device or pick_device(cfg.learner.device)
         lc = cfg.learner
         self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         cuda = self.device.type == "cuda"
-        # Fused Adam: one kernel per step, and on CUDA it takes the fp16 scaler's found-inf flag on the
-        # device (with an unfused optimizer GradScaler.step reads it on the host: a sync per update).
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lc.lr, eps=1.5e-4, fused=True)
+        self.optimizer = self._adam(self.online)
         self.amp_dtype = None
         if cuda and lc.amp:
             bf16 = torch.cuda.is_bf16_supported() if lc.amp_dtype == "auto" else lc.amp_dtype == "bfloat16"
@@ -94,6 +92,37 @@ class Learner:
         self.fit_threads: Callable[[], int] | None = None
         if cuda:
             shared.board.pin()
+
+    def _adam(self, net: torch.nn.Module) -> torch.optim.Adam:
+        # Fused Adam: one kernel per step, and on CUDA it takes the fp16 scaler's found-inf flag on the
+        # device (with an unfused optimizer GradScaler.step reads it on the host: a sync per update).
+        return torch.optim.Adam(net.parameters(), lr=self.cfg.learner.lr, eps=1.5e-4, fused=True)
+
+    @property
+    def arch(self) -> tuple[int, ...]:
+        """The network's widths as the board publishes them (`growth.arch_code`)."""
+        return growth.arch_code(self.cfg.learner)
+
+    def grow(self, hidden: tuple[int, ...] | None = None, cnn_scale: float | None = None) -> list[growth.Layer]:
+        """Rebuild the online and target networks at new widths and go on training: the weights, the
+        target's and Adam's moments carried over (`agent.growth`: exact for growth). The next publish
+        announces the new layout; actors rebuild when they see it. Returns the transfer's plan."""
+        self.shared.board.flush()  # no publish of the old flat tensor in flight
+        if self.pending is not None:
+            self.pending.drain(wait=True)
+        update = {k: v for k, v in (("hidden", hidden), ("cnn_scale", cnn_scale)) if v is not None}
+        lc = self.cfg.learner.model_copy(update=update)
+        online, target = q_network(self.spec, lc).to(self.device), q_network(self.spec, lc).to(self.device)
+        layers = growth.transfer(self.online, online)
+        growth.transfer(self.target, target, growth.plan_like(layers, self.target, target))
+        optimizer = self._adam(online)
+        growth.transfer_adam(self.optimizer, optimizer, layers)
+        self.cfg = self.cfg.model_copy(update={"learner": lc})
+        self.online, self.target, self.optimizer = online, target.requires_grad_(False), optimizer
+        self.flat = flatten_parameters(self.online)  # after Adam's state moved: it keys on these parameters
+        if lc.compile != "none":
+            self._losses = torch.compile(self._loss_terms, mode=lc.compile, dynamic=False)
+        return layers
 
     def batch_size(self) -> int:
         """The batch for the next update: the monitor's target within the plan's bounds."""
@@ -167,12 +196,12 @@ class Learner:
         self.shared.control.add("updates", 1)
         self.shared.board.poll()  # completes the last publish once its copy has landed
         if self.updates % self.cfg.learner.publish_every == 0:
-            self.shared.board.begin_publish(self.flat.detach())
+            self.shared.board.begin_publish(self.flat.detach(), self.arch)
         return True
 
     def publish(self) -> int:
         """Publish now and wait for it (start-up, resume, tests); the loop's publishes do not wait."""
-        return self.shared.board.publish(self.flat.detach())
+        return self.shared.board.publish(self.flat.detach(), self.arch)
 
     def run(self, slot: int, folder: Path, log: logging.Logger | None = None) -> None:
         """Train until stop: periodic checkpoints (two kept), heartbeats, the profiler; then `final.pt`.
@@ -256,6 +285,9 @@ class Learner:
         checkpoint.save(path, self.state())
 
     def restore(self, ckpt: dict) -> None:
+        saved = growth.saved_widths(self.cfg.learner, ckpt)
+        if growth.arch_code(saved) != self.arch:  # the network had grown: rebuild at its size, then load
+            self.grow(hidden=saved.hidden, cnn_scale=saved.cnn_scale)
         self.online.load_state_dict(ckpt["model"])
         self.target.load_state_dict(ckpt["target"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

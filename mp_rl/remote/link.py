@@ -163,7 +163,7 @@ class LinkBoard:
     def __init__(self, link: Link):
         self.link = link
 
-    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0) -> int:
+    def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0, shape: tuple[int, ...] = ()) -> int:
         """The newest weights the ingest has shared, if newer than `have`: one fetch of its object."""
         link = self.link
         if link.version <= have or link.weights is None:

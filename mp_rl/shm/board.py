@@ -27,7 +27,7 @@ from torch import nn
 from mp_rl.shm import atomics
 from mp_rl.shm.segment import Layout, Segment
 
-SHAPE_WORDS = 8  # per slot: the weights' parameter count, then up to 7 integers describing their layout
+SHAPE_WORDS = 16  # per slot: the weights' parameter count, then up to 15 integers describing their layout
 
 
 def flatten_parameters(module: nn.Module) -> torch.Tensor:
@@ -192,7 +192,7 @@ class WeightBoard:
             s = v % 2
             mark = atomics.load(self.mark_addr[s])  # seq-cst load (ldar): the copy's loads cannot rise above it
             if mark == 2 * v:
-                if _shape(self._shapes[s]) != want:
+                if not _fits(_shape(self._shapes[s]), want):
                     atomics.fence()  # the shape was read inside the window: another layout, not a torn one
                     if atomics.load(self.mark_addr[s]) == mark:
                         return have
@@ -216,6 +216,11 @@ class WeightBoard:
     def destroy(self) -> None:
         self.close()
         self.segment.unlink()
+
+
+def _fits(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """A slot's shape against a reader's: the counts equal, and the layouts too where both name one."""
+    return got[0] == want[0] and (len(got) == 1 or len(want) == 1 or got == want)
 
 
 def _shape(words) -> tuple[int, ...]:
