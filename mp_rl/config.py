@@ -184,6 +184,12 @@ class LearnerConfig(_Section):
         1.0,
         description="Width multiplier of the CNNs' layers, or 'auto': chosen like hidden 'auto' (0.25 .. 4).",
     )
+    grow: Literal["off", "auto"] = Field(
+        "off",
+        description="auto: the monitor widens the network (x2 a step, the learned function kept exactly) while the "
+        "learner waits for data, and narrows it under memory pressure; within 16..2048 units a layer, cnn_scale "
+        "0.25..4, and what the budget fits.",
+    )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
     amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
         "auto", description="With amp on CUDA: auto is bf16 where the GPU supports it, else fp16 with a loss scaler."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-NAMES = ("actors", "batch_size", "capacity")
+NAMES = ("actors", "batch_size", "capacity", "width")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Knobs:
     actors: Span
     batch_size: Span
     capacity: Span
+    width: Span = Span(100, 100, 100, False)  # the network's widths in percent of the config's (`learner.grow`)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -44,6 +45,8 @@ class Knobs:
         (a manifest is read from disk, so it is checked like any input)."""
         spans = {}
         for name in NAMES:
+            if name == "width" and isinstance(d, dict) and name not in d:
+                continue  # written before the network could grow: it stays as it is
             s = d.get(name) if isinstance(d, dict) else None
             ints = isinstance(s, dict) and all(type(s.get(k)) is int for k in ("start", "lo", "hi"))
             if not ints or type(s.get("auto")) is not bool or not s["lo"] <= s["start"] <= s["hi"]:

@@ -183,3 +183,53 @@ def test_a_grown_learners_checkpoint_restores_at_its_grown_size(tmp_path, shm_na
         fresh.close()
     finally:
         shared.close()
+
+
+def test_the_plan_spans_the_widths_growth_may_take_and_sizes_the_board_for_the_largest():
+    from mp_rl.agent.models import q_network
+    from mp_rl.config import load_config
+    from mp_rl.knobs import Span
+    from mp_rl.start.preflight import plan
+
+    off = plan(load_config("configs/cartpole.yaml"))
+    assert off.knobs.width == Span(100, 100, 100, False) and off.numel == off.budget.net.numel
+    on = plan(load_config("configs/cartpole.yaml", ["learner.grow=auto"]))
+    w = on.knobs.width
+    assert w.auto and (w.start, w.lo) == (100, 25) and w.hi >= 800
+    largest = q_network(on.spec, growth.at_width(on.cfg.learner, w.hi))
+    assert on.numel == sum(x.numel() for x in largest.parameters()) == on.budget.board_numel > on.budget.net.numel
+    assert any("learner.grow auto" in line for line in on.warnings)
+
+
+def test_the_learner_follows_the_width_target_and_says_what_it_changed(tmp_path, shm_name):
+    import json
+
+    from mp_rl.agent.learner import Learner
+    from mp_rl.config import load_config
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import plan
+    from mp_rl.testing import make_rows
+
+    cfg = load_config("configs/smoke.yaml", ["learner.grow=auto", "replay.samples_per_insert=null"])
+    p = plan(cfg)
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, p.numel, 4)
+    try:
+        rows = make_rows(0, 0, shared.ring.spec.block)
+        rows["action"] = rows["action"] % 2
+        for _ in range(512 // shared.ring.spec.block):
+            shared.ring.writer(1).write(rows)
+        shared.control.set_target("width", 100)
+        learner = Learner(cfg, shared, p.spec, p.knobs.batch_size)
+        stats = tmp_path / "learner.jsonl"
+        assert learner.follow_width(stats) is None  # the target has not moved
+        shared.control.set_target("width", 400)
+        assert learner.follow_width(stats) < 1e-5 and learner.arch == (4000, 128)  # cnn_scale moves too, unused here
+        assert shared.board.latest_shape()[1:] == (4000, 128)  # published at once
+        shared.control.set_target("width", 50)
+        assert learner.follow_width(stats) > 0 and learner.arch == (500, 16)  # a shrink changes Q a little
+        lines = [json.loads(x) for x in stats.read_text().splitlines()]
+        assert [(x["width_was"], x["width"]) for x in lines] == [(100, 400), (400, 50)]
+        assert learner.step(timeout=2.0)  # and training goes on
+        learner.close()
+    finally:
+        shared.close()

@@ -155,3 +155,38 @@ def test_memory_moves_keep_their_own_cooldown_beside_throughput_moves():
     both = moves(p.decide(window(ram_headroom=0.65, actor_blocked_frac=0.5), now=100.0))
     assert both == [("capacity", 100_000, 200_000), ("batch_size", 64, 128)]
     assert moves(p.decide(window(ram_headroom=0.65, actor_blocked_frac=0.5), now=110.0)) == []  # both cooling down
+
+
+def width_policy(actors=8, auto=True) -> Policy:
+    k = knobs(actors=actors)
+    k["width"] = Knob("width", 100, auto, 25, 800, step=2.0, min_step=2.0)
+    return Policy(k, cooldown_s=30.0, settle_s=10.0)
+
+
+def test_a_starved_learner_that_more_actors_cannot_feed_gets_a_wider_network():
+    p = width_policy(actors=8)  # the actors are at their bound
+    recs = p.decide(window(learner_wait_frac=0.5), now=100.0)
+    assert ("width", 100, 200) in moves(recs)
+    rec = next(r for r in recs if r["kind"] == "move" and r["knob"] == "width")
+    assert "wider network" in rec["rule"]
+
+
+def test_more_actors_come_first_when_they_can_feed_the_learner():
+    p = width_policy(actors=2)
+    assert moves(p.decide(window(learner_wait_frac=0.5), now=100.0)) == [("actors", 2, 3)]
+
+
+def test_memory_pressure_narrows_the_network_and_a_worse_growth_is_undone():
+    p = width_policy()
+    assert ("width", 100, 50) in moves(p.decide(window(ram_headroom=0.1), now=100.0))
+    p = width_policy()
+    p.decide(window(learner_wait_frac=0.5), now=100.0)
+    recs = p.decide(window(learner_wait_frac=0.5, env_steps_per_s=500.0), now=111.0)  # settled: half the rate
+    assert ("width", 200, 100) in moves(recs) and any(r.get("verdict") == "worse: undone" for r in recs)
+
+
+def test_a_network_fixed_in_the_config_never_grows():
+    p = width_policy(auto=False)
+    recs = p.decide(window(learner_wait_frac=0.5), now=100.0)
+    assert all(r["knob"] != "width" for r in recs if r["kind"] == "move")
+    assert any(r["kind"] == "declined" and r["knob"] == "width" and "fixed" in r["reason"] for r in recs)

@@ -42,6 +42,23 @@ def with_arch(lc: LearnerConfig, code: tuple[int, ...]) -> LearnerConfig:
     return lc.model_copy(update={"cnn_scale": code[0] / 1000, "hidden": tuple(code[1:])})
 
 
+UNITS, SCALES = (16, 2048), (0.25, 4.0)  # a grown or shrunk layer's bounds (the planner's)
+
+
+def at_width(lc: LearnerConfig, percent: int) -> LearnerConfig:
+    """`lc` with every width at `percent` of its own, within the bounds (never past a start outside them).
+
+    >>> from mp_rl.config import LearnerConfig
+    >>> lc = LearnerConfig(hidden=(16, 100))
+    >>> at_width(lc, 400).hidden, at_width(lc, 50).hidden, at_width(lc, 100).hidden
+    ((64, 400), (16, 50), (16, 100))
+    """
+    hidden = tuple(min(max(round(h * percent / 100), min(h, UNITS[0])), max(h, UNITS[1])) for h in lc.hidden)
+    s = lc.cnn_scale
+    scale = min(max(s * percent / 100, min(s, SCALES[0])), max(s, SCALES[1]))
+    return lc.model_copy(update={"hidden": hidden, "cnn_scale": scale})
+
+
 def saved_widths(lc: LearnerConfig, state: dict) -> LearnerConfig:
     """`lc` with the widths a checkpoint recorded: a network that grew is rebuilt at its grown size."""
     saved = (state.get("config") or {}).get("learner") or {}

@@ -61,6 +61,8 @@ class Learner:
         seed: int = 0,
     ):  # fmt: skip
         self.cfg, self.shared, self.batch, self.spec = cfg, shared, batch, spec
+        self.base_learner = cfg.learner  # the widths `learner.grow` counts its percentages from
+        self.width = shared.control.target("width") or 100  # the width target last followed
         self.device = device or pick_device(cfg.learner.device)
         lc = cfg.learner
         self.online = q_network(spec, lc).to(self.device)
@@ -123,6 +125,30 @@ class Learner:
         if lc.compile != "none":
             self._losses = torch.compile(self._loss_terms, mode=lc.compile, dynamic=False)
         return layers
+
+    def follow_width(self, stats: Path | None = None) -> float | None:
+        """Grow or shrink to the width target (the monitor's, or `mp_rl.tools.grow`'s) when it moves, and
+        publish at once; the largest Q change it caused on the newest rows (0 for growth), also written
+        to the learner's stats for the training report. None when the target has not moved."""
+        want = self.shared.control.target("width")
+        if not want or want == self.width:
+            return None
+        lc = growth.at_width(self.base_learner, want)
+        lo, hi = self.shared.ring.window()
+        obs = None
+        if hi > lo:
+            _, rows = read_rows(self.shared.ring, np.arange(max(lo, hi - 256), hi))
+            obs = torch.as_tensor(rows["obs"]).to(self.device) if len(rows["obs"]) else None
+        before = copy.deepcopy(self.online) if obs is not None else None
+        self.grow(hidden=lc.hidden, cnn_scale=lc.cnn_scale)
+        change = growth.q_change(before, self.online, obs) if before is not None else 0.0
+        old, self.width = self.width, want
+        self.publish()  # the new layout goes out now; actors rebuild when they see it
+        if stats is not None:
+            with open(stats, "a") as f:
+                f.write(json.dumps({"unix_time": round(time.time(), 3), "updates": self.updates, "width": want,
+                                    "width_was": old, "arch": list(self.arch), "q_change": change}) + "\n")  # fmt: skip
+        return change
 
     def batch_size(self) -> int:
         """The batch for the next update: the monitor's target within the plan's bounds."""
@@ -236,6 +262,7 @@ class Learner:
             self.shared.control.heartbeat(slot, steps=self.updates, weights=self.shared.board.version)
             self.beat = time.monotonic()
             self._fit_threads()
+            self.follow_width(folder.parent / LEARNER_STATS)
         due = trained and self.updates % self.cfg.learner.stats_every == 0
         if due and time.monotonic() - self.stats_at > STATS_EVERY_S:
             self.write_stats(folder.parent / LEARNER_STATS)

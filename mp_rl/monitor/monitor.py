@@ -24,13 +24,14 @@ from mp_rl.shm.manifest import SharedRun
 
 def knobs_for(knobs: Knobs, shared: SharedRun) -> dict[str, Knob]:
     """The three knobs at their live values, within the bounds the plan resolved; fixed ones stay put."""
-    control, a, b, c = shared.control, knobs.actors, knobs.batch_size, knobs.capacity
+    control, a, b, c, w = shared.control, knobs.actors, knobs.batch_size, knobs.capacity, knobs.width
     return {
         "actors": Knob("actors", max(1, control.target("actors")), a.auto, a.lo, a.hi,
                        step=max(1, a.hi // 4), min_step=1),
         "batch_size": Knob("batch_size", control.target("batch_size") or b.start, b.auto, b.lo, b.hi,
                            step=2.0, min_step=1.19),
         "capacity": Knob("capacity", shared.ring.capacity, c.auto, c.lo, c.hi, step=1.0, min_step=1.0),
+        "width": Knob("width", control.target("width") or w.start, w.auto, w.lo, w.hi, step=2.0, min_step=2.0),
     }  # fmt: skip
 
 

@@ -4,9 +4,11 @@ Pure logic over averaged snapshots and a clock the caller passes in, so every ru
 the hysteresis and the undo of a harmful move are tested without processes.
 
 Knobs: `actors` (the supervisor's own actors; attached ones count toward the CPU bound but are never
-retired), `batch_size`, `capacity`. A knob fixed in the config never moves; an `auto` one moves
-within its bounds. After each move the policy waits out the cooldown, compares env steps/s before
-and after, undoes a move that made things worse and shrinks that knob's step when a move did not help.
+retired), `batch_size`, `capacity`, and `width` (the network's widths in percent of the config's,
+doubled or halved by the learner with its function kept: `agent.growth`). A knob fixed in the
+config never moves; an `auto` one moves within its bounds. After each move the policy waits out the
+cooldown, compares env steps/s before and after, undoes a move that made things worse and shrinks
+that knob's step when a move did not help.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Move:
 
 
 def _track(knob: str) -> str:
-    return "memory" if knob == "capacity" else "throughput"
+    return {"capacity": "memory", "width": "network"}.get(knob, "throughput")
 
 
 class Policy:
@@ -72,7 +74,7 @@ class Policy:
     def __init__(self, knobs: dict[str, Knob], cooldown_s: float, settle_s: float, t: Thresholds | None = None):
         self.knobs, self.cooldown, self.settle, self.t = knobs, cooldown_s, settle_s, t or Thresholds()
         self.pending: dict[str, Move] = {}  # track -> its last move, until judged
-        self.last_at = {"throughput": float("-inf"), "memory": float("-inf")}  # track -> time of its last move
+        self.last_at = {"throughput": float("-inf"), "memory": float("-inf"), "network": float("-inf")}
         self.ids = itertools.count(1)
         self.declined: dict[str, str] = {}  # "knob+1" -> last reason logged: a standing refusal is logged once
 
@@ -143,6 +145,26 @@ class Policy:
             return f"actors held back {blocked:.0%} by the rate limiter: larger batch (a faster learner)", +1
         return None
 
+    def _width_rule(self, w: dict) -> tuple[str, int] | None:
+        """Narrower when memory is the bottleneck; wider while the learner has headroom: it waits for data
+        that more actors cannot bring (they are at their bound, or the CPU is busy), or the GPU idles."""
+        if "width" not in self.knobs:
+            return None
+        k, t = self.knobs["width"], self.t
+        head, wait, gpu = w.get("ram_headroom"), w.get("learner_wait_frac", 0.0), w.get("gpu_util")
+        cpu = w.get("cpu_busy", 1.0)
+        vram = w["vram_used"] / w["vram_total"] if w.get("vram_total") else None
+        if head is not None and head < CAPACITY_SHRINK[0][0] - self._margin(k, -1):
+            return f"ram headroom {head:.0%}: a narrower network", -1
+        if vram is not None and vram > t.bottleneck + self._margin(k, -1):
+            return f"gpu memory {vram:.0%} used: a narrower network", -1
+        more_actors = not self._stuck("actors", +1) and cpu < t.potential
+        if wait > t.starved + self._margin(k, +1) and not more_actors:
+            return f"the learner waits {wait:.0%} of its time and more actors cannot feed it: a wider network", +1
+        if gpu is not None and gpu < t.headroom - self._margin(k, +1) and wait > t.starved / 2:
+            return f"gpu {gpu:.0%} busy: a wider network", +1
+        return None
+
     def _stuck(self, name: str, direction: int) -> bool:
         k = self.knobs[name]
         return not k.auto or (k.value >= k.hi if direction > 0 else k.value <= k.lo)
@@ -170,6 +192,8 @@ class Policy:
             candidates.append(("batch_size", *b, None))
         if a := self._actor_rule(w):
             candidates.append(("actors", *a, None))
+        if n := self._width_rule(w):
+            candidates.append(("width", *n, None))
         moved = {_track(n) for n in undone}
         for name, rule, direction, factor in candidates:
             track = _track(name)

@@ -47,7 +47,7 @@ M_STATE, M_KIND, M_PID, M_HEARTBEAT, M_STEPS, M_WEIGHTS, M_FLAGS, M_INDEX = rang
 _STATE_BITS = 0xFF
 COUNTERS = ("env_steps", "episodes", "updates", "learner_wait_ns", "actor_blocked_ns")
 EPISODE_LOG = 1024  # recent episodes kept for the status line: (return, length, slot, stamp)
-TARGETS = ("actors", "batch_size", "capacity", "envs_per_actor")
+TARGETS = ("actors", "batch_size", "capacity", "envs_per_actor", "width")
 SNAPSHOT_BYTES = 64 * 1024  # the monitor's latest snapshot, as JSON, under a seqlock
 
 

@@ -125,6 +125,7 @@ class Budget:
                  limits: Limits, max_members: int):  # fmt: skip
         self.cfg, self.spec, self.ring, self.net, self.bases, self.env = cfg, spec, ring, net, bases, env
         self.limits, self.max_members = limits, max_members
+        self.board_numel = net.numel  # the weight board holds the largest network growth may reach
         self.device = "cuda" if limits.vram is not None else "cpu"
         self.batch_row = sum(f.row_bytes for f in ring.batch_fields())  # one sampled transition
         self._builders: dict[int, int] = {}
@@ -189,8 +190,8 @@ class Budget:
             self.replay(p.capacity),
             dataclasses.replace(actor, count=p.actors),
             self.learner(p.batch),
-            Line("weight board", 1, 0, shm=WeightBoard.layout_for(self.net.numel).size,
-                 note=f"{self.net.numel:,} parameters, two slots"),
+            Line("weight board", 1, 0, shm=WeightBoard.layout_for(self.board_numel).size,
+                 note=f"{self.board_numel:,} parameters, two slots"),
             Line("control block", 1, 0, shm=ControlBlock.layout_for(self.max_members).size),
             Line("supervisor + evaluator", 1, evaluator, cpu=0.1, note=f"status, metrics, {n} greedy envs"),
             Line("resource tracker", 1, b.bare, note="multiprocessing's helper process"),

@@ -8,12 +8,14 @@ raises `StartError`, whose message is the one line the CLI prints before exiting
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mp_rl.agent import growth
 from mp_rl.agent.envs import probe
 from mp_rl.agent.envspec import EnvError, EnvSpec
 from mp_rl.agent.models import NetworkError, check_network, q_network
@@ -136,6 +138,8 @@ def plan(cfg: Config, check: bool = True) -> Plan:
     net = _network(cfg, spec)
     budget = Budget(cfg, spec, ring, net, bases, env, limits, max_members)
     knobs = _fitted(budget, Knobs(actors, batch, capacity))
+    width, budget.board_numel = _width(budget, knobs, spec)
+    knobs = dataclasses.replace(knobs, width=width)
     problems = budget.problems(point(cfg, knobs))
     if problems and check:
         fix = would_fit(budget, point(cfg, knobs))
@@ -149,7 +153,10 @@ def plan(cfg: Config, check: bool = True) -> Plan:
         warnings.append(f"replay.max_capacity would need {gib(ring.capacity_max * ring.bytes_per_row)}; "
                         f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
     limit = rate_limit(cfg, knobs.batch_size)
-    return Plan(cfg, spec, ring, limit, knobs, max_members, net.numel, warnings, budget, problems, size)
+    if width.auto:
+        warnings.append(f"learner.grow auto: the network may move between {width.lo} % and {width.hi} % of its widths "
+                        f"(the weight board holds {budget.board_numel:,} parameters)")  # fmt: skip
+    return Plan(cfg, spec, ring, limit, knobs, max_members, budget.board_numel, warnings, budget, problems, size)
 
 
 def _network(cfg: Config, spec: EnvSpec) -> footprint.NetCost:
@@ -190,6 +197,27 @@ def _fitted(budget: Budget, k: Knobs) -> Knobs:
     batch = cap(k.batch_size, "batch", Point(actors.hi, e, k.batch_size.lo, k.capacity.lo))
     capacity = cap(k.capacity, "capacity", Point(actors.hi, e, batch.hi, k.capacity.lo))
     return Knobs(actors, batch, capacity)
+
+
+def _width(budget: Budget, k: Knobs, spec: EnvSpec) -> tuple[Span, int]:
+    """`learner.grow: auto`: the widths, in percent of the config's, the monitor may move the network
+    between (halving down to 25 %; doubling while a layer can still widen and the wider learner fits
+    the budget with every other knob at its top), and the largest network's parameter count."""
+    cfg, lc = budget.cfg, budget.cfg.learner
+    if lc.grow != "auto":
+        return Span(100, 100, 100, False), budget.net.numel
+    lo = 100
+    while lo > 25 and growth.at_width(lc, lo // 2) != growth.at_width(lc, lo):
+        lo //= 2
+    hi, numel, top = 100, budget.net.numel, point(cfg, k, top=True)
+    while growth.at_width(lc, 2 * hi) != growth.at_width(lc, hi):
+        wider = cfg.model_copy(update={"learner": growth.at_width(lc, 2 * hi)})
+        net = network_cost(wider, spec)
+        b = Budget(wider, spec, budget.ring, net, budget.bases, budget.env, budget.limits, budget.max_members)
+        if b.problems(top):
+            break
+        hi, numel = 2 * hi, net.numel
+    return Span(100, lo, hi, True), numel
 
 
 def would_fit(budget: Budget, p: Point) -> list[str]:

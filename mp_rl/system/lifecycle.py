@@ -33,7 +33,12 @@ def open_run(plan: Plan, run_dir: Path, counters: dict | None = None, knobs: dic
     for name in ("env_steps", "episodes", "updates"):
         control.set_counter(name, int((counters or {}).get(name, 0)))
     k, was = plan.knobs, knobs or {}
-    for name, span in (("actors", k.actors), ("capacity", k.capacity), ("batch_size", k.batch_size)):
+    for name, span in (
+        ("actors", k.actors),
+        ("capacity", k.capacity),
+        ("batch_size", k.batch_size),
+        ("width", k.width),
+    ):
         chosen = was.get(name) if span.auto else None
         control.set_target(name, span.clamp(chosen) if chosen else span.start)
     envs = was.get("envs_per_actor") if plan.cfg.run.autotune else None
