@@ -70,7 +70,7 @@ def plot(data: dict, path: Path) -> None:
             a.plot(x[-1:], [final], "*", color="tab:red", ms=12, label="final greedy evaluation")
         a.set(xlabel=label, ylabel="return", title=f"return against {label}")
         a.legend(fontsize=8, loc="lower right")
-    learner = data["learner"]
+    learner = [r for r in data["learner"] if "loss" in r]
     a = ax[0, 2]
     if learner:
         a.plot(column(learner, "updates"), column(learner, "loss"), color="tab:purple", label="loss")
@@ -99,9 +99,12 @@ def plot(data: dict, path: Path) -> None:
     a.legend(fontsize=8, loc="lower right")
     a = ax[1, 2]
     live = slice(None, -1) if len(m) > 1 and m[-1].get("actors") == 0 else slice(None)  # not the stopped state
-    for key, label in (("actors", "actors"), ("batch_size", "batch size"), ("replay_capacity", "replay capacity")):
+    for key, label in (("actors", "actors"), ("batch_size", "batch size"), ("replay_capacity", "replay capacity"),
+                       ("network_width", "network width %")):  # fmt: skip
         y = column(m, key)[live]
-        top = np.nanmax(y) if not np.isnan(y).all() else 1.0
+        if np.isnan(y).all():
+            continue  # a run folder from before that knob
+        top = np.nanmax(y)
         a.step(minutes[live], y / max(top, 1), where="post", label=f"{label} (max {top:,.0f})")
     a.set(xlabel="wall time (min)", ylabel="fraction of its maximum", ylim=(0, 1.05), title="knobs")
     a.legend(fontsize=8, loc="lower right")
@@ -111,9 +114,20 @@ def plot(data: dict, path: Path) -> None:
             a.axvline(x, color="grey", ls=":", lw=1)
         ax[1, 2].annotate(f"{mv['knob']} {mv['old']:,}→{mv['new']:,}", (x, 1.0), rotation=90, fontsize=7,
                           va="top", ha="right", color="grey")  # fmt: skip
+    for r in resizes(data):  # the network growing (or shrinking) in the learner, where it happened
+        x = (r["unix_time"] - t0) / 60
+        for a in (ax[0, 1], ax[1, 0]):
+            a.axvline(x, color="tab:green", ls="--", lw=1.2)
+        ax[0, 1].annotate(f"network {r['width_was']}→{r['width']} %", (x, 0.02), xycoords=("data", "axes fraction"),
+                          rotation=90, fontsize=7, va="bottom", ha="right", color="tab:green")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def resizes(data: dict) -> list[dict]:
+    """The learner's network resizes (`learner.grow`), from its stats lines."""
+    return [r for r in data["learner"] if "width" in r and isinstance(r.get("unix_time"), (int, float))]
 
 
 def summary_text(data: dict) -> str:
@@ -135,8 +149,11 @@ def summary_text(data: dict) -> str:
         f"{med('updates_per_s'):,.0f} updates/s, {med('samples_per_s'):,.0f} samples/s",
         f"machine (medians): CPU {100 * med('cpu_busy'):.0f} %, RAM in use {100 * med('ram_used'):.0f} %, GPU {gpu}",
     ]
-    if data["learner"]:
-        lr = data["learner"][-1]
+    for r in resizes(data):
+        lines.append(f"network {r['width_was']} % -> {r['width']} % of its widths at update {r.get('updates', 0):,} "
+                     f"(largest Q change {r.get('q_change', 0):.2g})")  # fmt: skip
+    if [r for r in data["learner"] if "loss" in r]:
+        lr = [r for r in data["learner"] if "loss" in r][-1]
         lines.append(f"learner at update {lr.get('updates', 0):,}: loss {lr.get('loss')}, mean Q {lr.get('q_mean')}")
     bottlenecks = [r.get("bottleneck") for r in steady if r.get("bottleneck")]
     if bottlenecks:

@@ -233,3 +233,27 @@ def test_the_learner_follows_the_width_target_and_says_what_it_changed(tmp_path,
         learner.close()
     finally:
         shared.close()
+
+
+def test_the_grow_tool_moves_a_live_runs_width_within_its_span(tmp_path, shm_name, capsys):
+    import json
+
+    from mp_rl.config import load_config
+    from mp_rl.shm.manifest import SharedRun
+    from mp_rl.start.preflight import plan
+    from mp_rl.tools import grow
+
+    p = plan(load_config("configs/smoke.yaml", ["learner.grow=auto"]))
+    info = {"knobs": p.knobs.to_json()}
+    shared = SharedRun.create(tmp_path, shm_name("x").split(".")[1], p.ring, p.limit, p.numel, 4, info=info)
+    try:
+        shared.control.set_target("width", 100)
+        assert grow.main([str(tmp_path), "--wider"]) == 0 and shared.control.target("width") == 200
+        assert grow.main([str(tmp_path), "--width", "5"]) == 2 and shared.control.target("width") == 200
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "outside this run's span 25.." in err[0]
+        (record,) = [json.loads(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+        assert (record["knob"], record["old"], record["new"]) == ("width", 100, 200)
+    finally:
+        shared.close()
+    assert grow.main([str(tmp_path / "nowhere"), "--narrower"]) == 2

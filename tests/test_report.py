@@ -29,6 +29,19 @@ def fake_run(folder, snapshots: int = 30, moves: bool = True):
     with open(folder / "learner.jsonl", "w") as f:
         for i in range(1, 20):
             f.write(json.dumps({"unix_time": t0 + 7 * i, "updates": 150 * i, "loss": 1 / i, "q_mean": 0.1 * i}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "unix_time": t0 + 60,
+                    "updates": 1300,
+                    "width": 200,
+                    "width_was": 100,
+                    "arch": [2000, 64],
+                    "q_change": 1e-7,
+                }
+            )
+            + "\n"
+        )  # the network grew (learner.grow)
     if moves:
         move = {"kind": "move", "unix_time": t0 + 80, "knob": "actors", "old": 1, "new": 2, "rule": "learner starved"}
         (folder / "decisions.jsonl").write_text(json.dumps(move) + "\n" + json.dumps({"kind": "declined"}) + "\n")
@@ -43,6 +56,7 @@ def test_a_run_folder_gives_a_png_and_a_summary_with_the_monitors_moves(tmp_path
     summary = text.read_text()
     assert "final greedy evaluation: 31.5 over 20 episodes" in summary
     assert "monitor moves: 1" in summary and "actors 1 -> 2  (learner starved)" in summary
+    assert "network 100 % -> 200 % of its widths at update 1,300" in summary
     assert "loss 0.0526" in summary and "bottleneck most of the time: learner" in summary
 
 

@@ -85,6 +85,7 @@ class Monitor:
             knobs = self.policy.knobs
             knobs["actors"].value = max(1, self.shared.control.target("actors"))  # what the supervisor works toward
             knobs["actors"].hi = max(1, self.knobs.actors.hi - snap["attached"])
+            knobs["width"].value = self.shared.control.target("width") or knobs["width"].value  # or by hand
             records = self.policy.decide(self.window(now), now - self.started)
             for rec in records:
                 rec["unix_time"] = round(time.time(), 3)

@@ -46,6 +46,7 @@ class Metrics:
             "replay_capacity": ring.capacity,
             "actors": len(actors),
             "batch_size": self.shared.control.target("batch_size"),
+            "network_width": self.shared.control.target("width"),  # percent of the config's widths
             "attached": sum(m["attached"] for m in actors),
             "ray": sum(m["remote"] for m in actors),
             "weight_version": self.shared.board.version,
