@@ -47,6 +47,10 @@ class WeightSource(Protocol):
         `WeightBoard`); the version `flat` now holds."""
         ...
 
+    def latest_shape(self) -> tuple[int, ...]:
+        """The newest weights' parameter count, then their layout: what to rebuild for when refused."""
+        ...
+
 
 class RunView(Protocol):
     """The run as an actor sees it: the stop word, its own state, its targets, its reports."""
@@ -81,7 +85,7 @@ class ActorRun(Protocol):
 PORTS: dict[type, tuple[str, ...]] = {  # each port's members, for the conformance test
     BlockWriter: ("write",),
     RowSink: ("spec", "writer"),
-    WeightSource: ("read_into",),
+    WeightSource: ("read_into", "latest_shape"),
     RunView: ("stopping", "state", "target", "heartbeat", "add", "report_episodes"),
     ActorRun: ("ring", "control", "board"),
 }

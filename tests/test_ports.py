@@ -65,5 +65,8 @@ def test_a_side_that_lacks_a_member_or_its_parameters_is_named():
     class Control:
         stopping = False
 
-    assert conforms(Board(), WeightSource) == ["Board.read_into('have',): the port takes ('flat', 'have')"]
+    assert conforms(Board(), WeightSource) == [
+        "Board.read_into('have',): the port takes ('flat', 'have', 'timeout', 'shape')",
+        "Board has no latest_shape",
+    ]
     assert "Control has no heartbeat" in conforms(Control(), RunView)

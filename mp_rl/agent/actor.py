@@ -16,11 +16,10 @@ import torch
 from mp_rl.agent import growth
 from mp_rl.agent.envs import make_actor_envs
 from mp_rl.agent.envspec import EnvSpec
-from mp_rl.agent.models import q_network, q_values
+from mp_rl.agent.models import q_values
 from mp_rl.agent.nstep import BlockPacker, FrameBlockBuilder, NStepBuilder
 from mp_rl.config import Config
 from mp_rl.ports import ActorRun
-from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.control import State
 from mp_rl.shm.ring import RingClosed, RingSpec
 
@@ -65,10 +64,7 @@ class Actor:
         # The supervisor's actors take their env count from the control block (the tuner's trials move
         # it); an actor attached by hand keeps the count it was started with.
         self.follow_envs = follow_envs
-        self.arch = growth.arch_code(cfg.learner)
-        self.policy = q_network(spec, cfg.learner)
-        self.flat = flatten_parameters(self.policy)
-        self.weights_version = 0  # of the weights in `policy`, as the board numbered them
+        self.copy = growth.Copy(spec, cfg.learner)  # the policy: the learner's network, resizes followed
         self.since_sync = 0  # env steps since they were read
         self.rng = np.random.default_rng(seed)
         self.asynchronous = cfg.env.backend == "envpool"
@@ -225,20 +221,16 @@ class Actor:
                 self._write(fields, frames)
 
     def sync_weights(self) -> None:
-        """Read the board's newest weights into `policy` (nothing is copied when they are not newer).
-        When the learner's network has grown, the board refuses our layout: rebuild the policy for the
-        published one (`growth`), then read. The policy never holds a mix of two layouts."""
-        board = self.shared.board
-        self.weights_version = board.read_into(self.flat, self.weights_version, shape=self.arch)
+        """Read the board's newest weights into the policy (nothing is copied when they are not newer; a
+        resized network is rebuilt first: `growth.Copy`)."""
+        self.copy.sync(self.shared.board)
         self.since_sync = 0
-        latest = board.latest_shape() if hasattr(board, "latest_shape") else ()
-        if len(latest) > 1 and latest[1:] != self.arch:
-            arch = latest[1:]
-            policy = q_network(self.spec, growth.with_arch(self.cfg.learner, arch))
-            flat = flatten_parameters(policy)
-            version = board.read_into(flat, 0, shape=arch)
-            if version:  # swapped in only once it holds its weights (the layout may have moved on meanwhile)
-                self.arch, self.policy, self.flat, self.weights_version = arch, policy, flat, version
+
+    # The policy, by the names the actor has always had (the copy swaps its network when it resizes).
+    policy = property(lambda self: self.copy.net)
+    flat = property(lambda self: self.copy.flat)
+    arch = property(lambda self: self.copy.arch)
+    weights_version = property(lambda self: self.copy.version)  # of the weights held, as the board numbered them
 
     def keep_weights_fresh(self, steps: int) -> None:
         """Count `steps` more env steps; every `actors.sync_every` of them, read the newest weights.

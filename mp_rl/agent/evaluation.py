@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mp_rl.agent import checkpoint
+from mp_rl.agent import checkpoint, growth
 from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.envspec import EnvSpec
-from mp_rl.agent.models import q_network, q_values
+from mp_rl.agent.models import q_values
 from mp_rl.config import Config, EnvConfig
 from mp_rl.runfolder import RunFolder
-from mp_rl.shm.board import flatten_parameters
 from mp_rl.shm.manifest import SharedRun
 
 
@@ -58,9 +57,7 @@ class Evaluator:
 
     def __init__(self, cfg: Config, spec: EnvSpec, shared: SharedRun, run_dir: Path):
         self.cfg, self.shared, self.run_dir = cfg, shared, run_dir
-        lc = cfg.learner
-        self.policy = q_network(spec, lc)
-        self.flat = flatten_parameters(self.policy)
+        self.copy = growth.Copy(spec, cfg.learner)  # follows the learner's network, resizes included
         self.last: float | None = None
         self.best = -math.inf
         self.thread: threading.Thread | None = None
@@ -70,10 +67,10 @@ class Evaluator:
 
     def _evaluate(self) -> tuple[float, int]:
         with self.lock:
-            version = self.shared.board.read_into(self.flat, 0)
+            version = self.copy.sync(self.shared.board, have=0)
             ec, seed = self.cfg.eval, self.cfg.run.seed + 10_000
             returns = greedy_returns(
-                self.policy, self.cfg.env, ec.episodes, seed, ec.max_episode_steps, self.cancel.is_set
+                self.copy.net, self.cfg.env, ec.episodes, seed, ec.max_episode_steps, self.cancel.is_set
             )
             return float(np.mean(returns)), version
 
@@ -86,8 +83,9 @@ class Evaluator:
         if mean > self.best:
             self.best = mean
             checkpoint.save(RunFolder(self.run_dir).best, {
-                "model": self.policy.state_dict(), "eval_return": mean, "weight_version": version,
-                "counters": self.shared.control.counters(), "config": self.cfg.model_dump(mode="json"),
+                "model": self.copy.net.state_dict(), "eval_return": mean, "weight_version": version,
+                "counters": self.shared.control.counters(),
+                "config": self.cfg.model_copy(update={"learner": self.copy.lc}).model_dump(mode="json"),
             })  # fmt: skip
         self.next_at = time.monotonic() + self.cfg.eval.every_s
 

@@ -192,3 +192,33 @@ def transfer_adam(old_opt: torch.optim.Optimizer, new_opt: torch.optim.Optimizer
 def q_change(old: nn.Module, new: nn.Module, obs: torch.Tensor) -> float:
     """The largest absolute change in any Q-value over the batch `obs` (0 for an exact growth)."""
     return float((q_values(old(obs)) - q_values(new(obs))).abs().max())
+
+
+class Copy:
+    """A CPU copy of the learner's network that follows the weight board, its layout included: what an
+    actor acts with and the evaluator plays with. `sync()` reads newer weights; when the learner's
+    network has been resized, the board refuses this layout, and the copy rebuilds for the published
+    one and swaps it in only once it holds its weights, so it never holds a mix of two layouts."""
+
+    def __init__(self, spec, lc: LearnerConfig):
+        from mp_rl.agent.models import q_network
+        from mp_rl.shm.board import flatten_parameters
+
+        self._build, self._flatten = q_network, flatten_parameters
+        self.spec, self.lc, self.arch, self.version = spec, lc, arch_code(lc), 0
+        self.net = q_network(spec, lc)
+        self.flat = flatten_parameters(self.net)
+
+    def sync(self, board, have: int | None = None) -> int:
+        """Read weights newer than `have` (default: those held); the version held afterwards."""
+        have = self.version if have is None else have
+        self.version = board.read_into(self.flat, have, shape=self.arch)
+        latest = board.latest_shape() if hasattr(board, "latest_shape") else ()
+        if len(latest) > 1 and latest[1:] != self.arch:
+            lc = with_arch(self.lc, latest[1:])
+            net = self._build(self.spec, lc)
+            flat = self._flatten(net)
+            version = board.read_into(flat, 0, shape=latest[1:])
+            if version:  # the layout may have moved on meanwhile: keep the old copy until one lands
+                self.lc, self.arch, self.net, self.flat, self.version = lc, latest[1:], net, flat, version
+        return self.version

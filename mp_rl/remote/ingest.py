@@ -54,7 +54,7 @@ class Ingest:
         self.leaving: dict[int, str] = {}  # released slots a call was still inside: the last one out frees them
         self.writers: dict[int, object] = {}
         self.flat = torch.empty(self.board.numel, dtype=torch.float32)
-        self.version, self.weights, self.put_at = 0, None, 0.0
+        self.version, self.weights, self.put_at, self.shape = 0, None, 0.0, (self.board.numel,)
         self.alive_at, self.run_alive = 0.0, True
         self.closed = threading.Event()
         self.retiring = False  # Ctrl-C on the attach: an actor that starts late does not join
@@ -176,11 +176,12 @@ class Ingest:
     def _reply(self, slot: int) -> dict:
         self._share_weights()
         return {"stopping": self._stopping(), "state": int(self.control.state(slot)), "version": self.version,
-                "weights": self.weights}  # fmt: skip
+                "weights": self.weights, "shape": list(self.shape)}  # fmt: skip
 
     def _gone(self) -> dict:
         """The reply to a call for a slot already released: leave."""
-        return {"stopping": True, "state": int(State.FREE), "version": self.version, "weights": self.weights}
+        return {"stopping": True, "state": int(State.FREE), "version": self.version, "weights": self.weights,
+                "shape": list(self.shape)}  # fmt: skip
 
     def _share_weights(self) -> None:
         """A newer version on the board becomes one new object (`put`), shared by every remote actor."""
@@ -190,10 +191,14 @@ class Ingest:
             if self.board.version <= self.version:
                 return
             try:
-                version = self.board.read_into(self.flat, self.version)
+                shape = self.board.latest_shape()  # a network that grew: its new size and layout
+                flat = self.flat if self.flat.numel() == shape[0] else torch.empty(shape[0], dtype=torch.float32)
+                version = self.board.read_into(flat, self.version, shape=shape[1:])
             except TimeoutError:  # a publisher racing every copy: the next reply tries again
                 return
-            self.weights, self.version, self.put_at = self.put(self.flat.numpy()), version, time.monotonic()
+            if version > self.version:  # (a layout that moved on meanwhile: the next reply tries again)
+                self.flat, self.shape = flat, shape
+                self.weights, self.version, self.put_at = self.put(self.flat.numpy()), version, time.monotonic()
 
     # --- lifetime -----------------------------------------------------------------------------
     def until_closed(self) -> bool:

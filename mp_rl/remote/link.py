@@ -55,6 +55,7 @@ class Link:
         self.inflight: list[Any] = []
         self.report = fresh_report()
         self.stopping, self.state, self.version, self.weights = False, State.RUNNING, 0, None
+        self.shape: tuple[int, ...] = ()  # of the newest weights: their count, then their layout
         self.lost: str | None = None
         self.last_call = time.monotonic()
         self.sent_blocks = 0
@@ -72,6 +73,7 @@ class Link:
         self.state = State(reply["state"])
         if reply["version"] > self.version:
             self.version, self.weights = reply["version"], reply["weights"]
+            self.shape = tuple(reply.get("shape") or ())
 
     def reap(self, timeout: float) -> None:
         """Take the replies of finished calls, waiting up to `timeout` for one when none has."""
@@ -164,12 +166,19 @@ class LinkBoard:
         self.link = link
 
     def read_into(self, flat: torch.Tensor, have: int = 0, timeout: float = 1.0, shape: tuple[int, ...] = ()) -> int:
-        """The newest weights the ingest has shared, if newer than `have`: one fetch of its object."""
+        """The newest weights the ingest has shared, if newer than `have` and of `flat`'s layout (`shape`,
+        as on the board): one fetch of its object."""
         link = self.link
         if link.version <= have or link.weights is None:
             return have
+        if link.shape and (link.shape[0] != flat.numel() or (shape and tuple(link.shape[1:]) != tuple(shape))):
+            return have  # another layout: the actor rebuilds for `latest_shape()`
         flat.numpy()[:] = link.t.get(link.weights)  # read-only in the object store: copied into the policy
         return link.version
+
+    def latest_shape(self) -> tuple[int, ...]:
+        """The newest weights' count and layout, as the ingest read them from the board."""
+        return self.link.shape
 
 
 class LinkedRun:
