@@ -35,6 +35,7 @@ class Knobs:
     batch_size: Span
     capacity: Span
     width: Span = Span(100, 100, 100, False)  # the network's widths in percent of the config's (`learner.grow`)
+    width_floor: int = 0  # the width at which the network reaches the size its kind ships with (the monitor's aim)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -43,7 +44,11 @@ class Knobs:
     def from_json(cls, d: dict) -> Knobs:
         """The knobs as `to_json` wrote them; ValueError naming the knob when a field is missing or wrong
         (a manifest is read from disk, so it is checked like any input)."""
-        spans = {}
+        spans: dict = {}
+        if isinstance(d, dict) and "width_floor" in d:
+            if type(d["width_floor"]) is not int or d["width_floor"] < 0:
+                raise ValueError("knobs.width_floor: expected a non-negative integer")
+            spans["width_floor"] = d["width_floor"]
         for name in NAMES:
             if name == "width" and isinstance(d, dict) and name not in d:
                 continue  # written before the network could grow: it stays as it is

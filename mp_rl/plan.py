@@ -32,7 +32,7 @@ def report(p: Plan) -> dict:
     """The plan as JSON: limits, knobs, every component at the start and at the upper bounds, verdict."""
     b: Budget = p.budget
     start, top = point(p.cfg, p.knobs), point(p.cfg, p.knobs, top=True)
-    at = {name: (pt, b.lines(pt)) for name, pt in (("start", start), ("max", top))}
+    at = {"start": (start, b.lines(start)), "max": (top, b.grown().lines(top))}  # at most: the largest network
     return {
         "env": p.cfg.env.id,
         "device": b.device,
@@ -80,7 +80,7 @@ def text(p: Plan, r: dict) -> str:
            f"at most  {_point(point(p.cfg, p.knobs, top=True))}  (the bounds the monitor may move within)", "",
            f"{'component':<24}{'count':>7}{'RAM each':>11}{'/dev/shm':>11}{'VRAM':>10}{'CPU':>6}"
            f"{'memory at start':>17}{'at most':>10}  note"]  # fmt: skip
-    for s, m in zip(b.lines(point(p.cfg, p.knobs)), b.lines(point(p.cfg, p.knobs, top=True)), strict=True):
+    for s, m in zip(b.lines(point(p.cfg, p.knobs)), b.grown().lines(point(p.cfg, p.knobs, top=True)), strict=True):
         count = f"{s.count}" if s.count == m.count else f"{s.count}..{m.count}"
         each = f"{_mem(m.ram):>11}{_mem(m.shm):>11}{_mem(m.vram):>10}{_cpu(m.cpu * m.count):>6}"
         out.append(f"{s.name:<24}{count:>7}{each}{gib(s.memory):>17}{gib(m.memory):>10}  {m.note}".rstrip())

@@ -199,6 +199,29 @@ def test_the_plan_spans_the_widths_growth_may_take_and_sizes_the_board_for_the_l
     largest = q_network(on.spec, growth.at_width(on.cfg.learner, w.hi))
     assert on.numel == sum(x.numel() for x in largest.parameters()) == on.budget.board_numel > on.budget.net.numel
     assert any("learner.grow auto" in line for line in on.warnings)
+    assert on.knobs.width_floor == 100  # the shipped network is already its kind's size
+    # The plan's "at most" prices the learner, the actors and the evaluator at the largest network.
+    from mp_rl.plan import report
+
+    r = report(on)
+    by = {x["name"]: x for x in r["max"]["components"]}
+    start = {x["name"]: x for x in r["start"]["components"]}
+    assert by["learner"]["ram"] > start["learner"]["ram"] and by["actor"]["ram"] > start["actor"]["ram"]
+
+
+def test_a_too_small_network_has_a_floor_at_its_kinds_shipped_size():
+    from mp_rl.config import load_config
+    from mp_rl.knobs import Knobs
+    from mp_rl.start.preflight import plan
+
+    mlp = plan(load_config("configs/cartpole.yaml", ["learner.grow=auto", "learner.hidden=[16,16]"]))
+    assert (mlp.knobs.width.lo, mlp.knobs.width_floor) == (100, 800)  # 16 units is the least a layer has
+    assert growth.at_width(mlp.cfg.learner, 800).hidden == (128, 128)
+    one = plan(load_config("configs/cartpole.yaml", ["learner.grow=auto", "learner.hidden=[32]"]))
+    assert growth.at_width(one.cfg.learner, one.knobs.width_floor).hidden == (128,)  # as deep as it is
+    assert Knobs.from_json(mlp.knobs.to_json()) == mlp.knobs
+    with pytest.raises(ValueError, match="width_floor"):
+        Knobs.from_json({**mlp.knobs.to_json(), "width_floor": "800"})
 
 
 def test_the_learner_follows_the_width_target_and_says_what_it_changed(tmp_path, shm_name):
@@ -251,7 +274,7 @@ def test_the_grow_tool_moves_a_live_runs_width_within_its_span(tmp_path, shm_nam
         assert grow.main([str(tmp_path), "--wider"]) == 0 and shared.control.target("width") == 200
         assert grow.main([str(tmp_path), "--width", "5"]) == 2 and shared.control.target("width") == 200
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "outside this run's span 25.." in err[0]
+        assert len(err) == 1 and "outside this run's span 50.." in err[0]
         (record,) = [json.loads(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()]
         assert (record["knob"], record["old"], record["new"]) == ("width", 100, 200)
     finally:

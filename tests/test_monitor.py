@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mp_rl.config import load_config
@@ -97,4 +98,22 @@ def test_the_latest_snapshot_is_shared_with_tools(shared, tmp_path):
     m.tick(100.0)
     snap = shared.control.read_snapshot()
     assert snap["env_steps_per_s"] == 1000.0 and snap["bottleneck"] == "none" and snap["last_decision"] is None
+    m.close()
+
+
+def test_the_window_holds_the_median_return_of_the_episodes_that_ended_in_it(shared, tmp_path):
+    from mp_rl.monitor.sources import PipelineSource
+
+    shared.control.report_episodes(0, np.array([1.0, 2.0]), np.array([10, 10]))  # before the monitor started
+    source = PipelineSource(shared)
+    shared.control.report_episodes(0, np.array([5.0, 7.0, 100.0]), np.array([10, 10, 10]))
+    assert source.sample(0.0)["episode_returns"] == [5.0, 7.0, 100.0]  # only those since, each once
+    assert source.sample(1.0)["episode_returns"] == []
+    m = monitor(shared, tmp_path)
+    for t, returns in enumerate(([10.0, 20.0], [30.0], [], [90.0])):
+        m.pipeline.values["episode_returns"] = returns
+        m.tick(100.0 + 0.4 * t)
+    w = m.window(101.2)  # the last second: three samples
+    assert (w["return_count"], w["return_median"]) == (2, 60.0)
+    assert "episode_returns" not in shared.control.read_snapshot()  # tools read the status line's returns
     m.close()

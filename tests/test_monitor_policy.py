@@ -190,3 +190,52 @@ def test_a_network_fixed_in_the_config_never_grows():
     recs = p.decide(window(learner_wait_frac=0.5), now=100.0)
     assert all(r["knob"] != "width" for r in recs if r["kind"] == "move")
     assert any(r["kind"] == "declined" and r["knob"] == "width" and "fixed" in r["reason"] for r in recs)
+
+
+def floor_policy(floor=400) -> Policy:
+    k = knobs(actors=8, actors_auto=False, batch_auto=False, capacity_auto=False)  # only the width may move
+    k["width"] = Knob("width", 100, True, 100, 1600, step=2.0, min_step=2.0, floor=floor)
+    return Policy(k, cooldown_s=10.0, settle_s=10.0)
+
+
+def learning(ret: float, n: int = 20, **over) -> dict:
+    """A learner-bound pipeline (actors held back) whose window saw `n` episodes of median `ret`."""
+    return window(**{"actor_blocked_frac": 0.5, "ram_headroom": 0.5, "return_median": ret, "return_count": n, **over})
+
+
+def test_a_network_below_its_kinds_shipped_size_widens_even_while_the_learner_is_the_bottleneck():
+    p = floor_policy()
+    recs = p.decide(learning(20.0), now=100.0)
+    assert ("width", 100, 200) in moves(recs)
+    assert "under the size its kind ships with (400 %)" in next(r["rule"] for r in recs if r["knob"] == "width")
+    # Its throughput cost is expected: judged by learning, kept, and the next step follows at once.
+    recs = p.decide(learning(30.0, env_steps_per_s=700.0), now=111.0)
+    effect = next(r for r in recs if r["kind"] == "effect" and r["knob"] == "width")
+    assert effect["verdict"].startswith("kept (toward its kind's shipped size") and effect["change"] == -0.3
+    assert (effect["return_before"], effect["return_after"]) == (20.0, 30.0)
+    assert ("width", 200, 400) in moves(recs)
+    p.decide(learning(40.0, env_steps_per_s=600.0), now=122.0)  # judged and kept
+    assert moves(p.decide(learning(40.0), now=140.0)) == []  # at its floor, the learner busy: it stays
+
+
+def test_a_resize_that_learning_suffers_from_is_undone_and_not_retried_at_once():
+    p = floor_policy()
+    p.decide(learning(100.0), now=100.0)
+    recs = p.decide(learning(40.0), now=111.0)  # the median return fell by 60 %
+    effect = next(r for r in recs if r["kind"] == "effect")
+    assert effect["verdict"] == "worse: undone" and ("width", 200, 100) in moves(recs)
+    assert "median return 100 -> 40" in next(r["rule"] for r in recs if r["kind"] == "move")
+    later = p.decide(learning(40.0), now=125.0)
+    assert not moves(later) and any(r.get("reason") == "a move this way was undone recently" for r in later)
+
+
+def test_a_return_is_compared_only_over_enough_episodes():
+    p = floor_policy()
+    p.decide(learning(100.0, n=3), now=100.0)  # too few episodes before: learning cannot be judged
+    recs = p.decide(learning(10.0), now=111.0)
+    assert next(r for r in recs if r["kind"] == "effect")["verdict"].startswith("kept")
+
+
+def test_no_widening_toward_the_floor_while_memory_is_short():
+    p = floor_policy()
+    assert not [m for m in moves(p.decide(learning(20.0, ram_headroom=0.25), now=100.0)) if m[0] == "width"]

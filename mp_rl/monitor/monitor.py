@@ -31,7 +31,8 @@ def knobs_for(knobs: Knobs, shared: SharedRun) -> dict[str, Knob]:
         "batch_size": Knob("batch_size", control.target("batch_size") or b.start, b.auto, b.lo, b.hi,
                            step=2.0, min_step=1.19),
         "capacity": Knob("capacity", shared.ring.capacity, c.auto, c.lo, c.hi, step=1.0, min_step=1.0),
-        "width": Knob("width", control.target("width") or w.start, w.auto, w.lo, w.hi, step=2.0, min_step=2.0),
+        "width": Knob("width", control.target("width") or w.start, w.auto, w.lo, w.hi, step=2.0, min_step=2.0,
+                      floor=knobs.width_floor),
     }  # fmt: skip
 
 
@@ -68,6 +69,9 @@ class Monitor:
             if key in ("time", "members", "cpu_per_core") or not vals:
                 continue
             w[key] = round(float(np.mean(vals)), 4)
+        returns = [r for s in recent for r in s.get("episode_returns", ())]
+        w["return_count"] = len(returns)
+        w["return_median"] = round(float(np.median(returns)), 3) if returns else None
         w["row_bytes"] = self.row_bytes
         return w
 
@@ -96,7 +100,8 @@ class Monitor:
         classified = self.policy.classify(self.window(now))
         last = self.last_decision
         brief = None if last is None else {k: last[k] for k in ("id", "time", "knob", "rule", "old", "new")}
-        self.shared.control.publish_snapshot({**snap, **classified, "last_decision": brief})
+        shown = {k: v for k, v in snap.items() if k != "episode_returns"}  # the progress line has its own
+        self.shared.control.publish_snapshot({**shown, **classified, "last_decision": brief})
         return records
 
     def run(self, beat: Callable[[], None] = lambda: None) -> None:

@@ -9,6 +9,12 @@ doubled or halved by the learner with its function kept: `agent.growth`). A knob
 config never moves; an `auto` one moves within its bounds. After each move the policy waits out the
 cooldown, compares env steps/s before and after, undoes a move that made things worse and shrinks
 that knob's step when a move did not help.
+
+The width is judged by learning too: the median return of the episodes that ended in the window
+before a resize against the window after it. A network widened toward the size its kind ships with
+(the knob's `floor`) is judged by learning alone: below that size a learner that is the bottleneck
+trades the updates it loses for capacity, which the planner measured to pay (`start.sizing`), so the
+env steps/s it costs are its expected price, recorded but not undone.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class Thresholds:
     hysteresis: float = 0.05  # extra margin a threshold needs to reverse a knob's last direction
     worse: float = 0.05  # throughput lower by this fraction after a move: undo it
     helped: float = 0.02  # higher by this fraction: the move helped (else its step shrinks)
+    worse_return: float = 0.25  # a resize's median episode return lower by this fraction of its own: undo it
+    episodes: int = 5  # the fewest episodes in each window for a return to be compared
 
 
 # RAM headroom -> capacity factor (the design card's rules); between 30 % and 40 % nothing moves.
@@ -44,6 +52,7 @@ class Knob:
     step: float  # actors: added/removed per move; others: multiplicative factor
     min_step: float
     last_dir: int = 0
+    floor: int = 0  # width: below it the network is smaller than its kind ships with (the monitor widens it)
     blocked_until: dict[int, float] = field(default_factory=dict)  # direction -> time (after an undo)
     undos: int = 0
 
@@ -60,6 +69,8 @@ class Move:
     new: int
     time: float
     before: float  # env steps/s over the window before the move
+    before_return: float | None = None  # the median episode return over that window (width moves)
+    by_learning_only: bool = False  # a widening toward the floor: its throughput cost is expected
     judged: bool = False
     undo_of: int | None = None
 
@@ -158,6 +169,12 @@ class Policy:
             return f"ram headroom {head:.0%}: a narrower network", -1
         if vram is not None and vram > t.bottleneck + self._margin(k, -1):
             return f"gpu memory {vram:.0%} used: a narrower network", -1
+        ram_ok = head is None or head > CAPACITY_SHRINK[1][0] + self._margin(k, +1)
+        roomy = ram_ok and (vram is None or vram < t.potential)
+        if k.value < k.floor and roomy:
+            why = "below that size capacity is worth more than the updates it costs"
+            return f"the network is at {k.value} % of its widths, under the size its kind ships with " \
+                   f"({k.floor} %): a wider network ({why})", +1  # fmt: skip
         more_actors = not self._stuck("actors", +1) and cpu < t.potential
         if wait > t.starved + self._margin(k, +1) and not more_actors:
             return f"the learner waits {wait:.0%} of its time and more actors cannot feed it: a wider network", +1
@@ -225,6 +242,9 @@ class Policy:
 
     def _move(self, k: Knob, rule: str, direction: int, new: int, w: dict, now: float, undo_of=None) -> dict:
         move = Move(next(self.ids), k.name, rule, k.value, new, now, w.get("env_steps_per_s", 0.0), undo_of=undo_of)
+        if k.name == "width":
+            move.before_return = self._median_return(w)
+            move.by_learning_only = direction > 0 and k.value < k.floor
         k.value, k.last_dir = new, direction
         track = _track(k.name)
         self.pending[track], self.last_at[track] = move, now
@@ -254,24 +274,40 @@ class Policy:
         direction = 1 if m.new > m.old else -1
         rec = {"kind": "effect", "of": m.id, "time": round(now, 3), "knob": m.knob, "before": round(m.before, 1),
                "after": round(after, 1), "change": round(change, 4)}  # fmt: skip
-        if m.knob == "capacity" or m.undo_of is not None:  # safety moves and undos are not second-guessed
+        if m.knob == "width":
+            rec["return_before"], rec["return_after"] = m.before_return, self._median_return(w)
+        if m.knob == "capacity" or m.undo_of is not None or (m.knob == "width" and direction < 0):
+            # Safety moves (memory) and undos are not second-guessed.
             rec["verdict"] = "kept (not judged by throughput)"
             rec["ram_available"] = w.get("ram_available")
             return [rec]
-        if change < -self.t.worse:
+        worse = None if m.by_learning_only or change >= -self.t.worse else f"{change:+.0%} env steps/s"
+        if m.knob == "width" and worse is None and self._learning_worse(m.before_return, rec["return_after"]):
+            worse = f"median return {m.before_return:g} -> {rec['return_after']:g}"
+        if worse is not None:
             rec["verdict"] = "worse: undone"
             self._shrink(k)
             k.blocked_until[direction] = now + max(self.cooldown, self.settle) * 2 ** (k.undos + 1)
             k.undos += 1
-            return [rec, self._move(k, f"undo move {m.id} ({change:+.0%} env steps/s)", -direction, m.old, w, now,
-                                    undo_of=m.id)]  # fmt: skip
-        if change < self.t.helped:
+            return [rec, self._move(k, f"undo move {m.id} ({worse})", -direction, m.old, w, now, undo_of=m.id)]
+        if m.by_learning_only:
+            rec["verdict"] = f"kept (toward its kind's shipped size: judged by learning; {change:+.0%} env steps/s)"
+            k.undos = 0
+        elif change < self.t.helped:
             rec["verdict"] = "did not help: smaller steps"
             self._shrink(k)
         else:
             rec["verdict"] = "helped"
             k.undos = 0
         return [rec]
+
+    def _median_return(self, w: dict) -> float | None:
+        """The window's median episode return, when enough episodes ended in it to say."""
+        enough = w.get("return_count", 0) >= self.t.episodes
+        return w.get("return_median") if enough else None
+
+    def _learning_worse(self, before: float | None, after: float | None) -> bool:
+        return before is not None and after is not None and after < before - self.t.worse_return * abs(before)
 
     @staticmethod
     def _shrink(k: Knob) -> None:

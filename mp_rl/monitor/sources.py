@@ -127,9 +127,11 @@ class PipelineSource:
         self.shared = shared
         self.rates = Rates.of(shared)
         self.cpu = ProcessCpu()
+        self.episode_cursor = shared.control.episodes_since(0)[1]  # episodes from now on
 
     def sample(self, now: float) -> dict:
         delta = self.rates.update()
+        episodes, self.episode_cursor = self.shared.control.episodes_since(self.episode_cursor)
         control, ring = self.shared.control, self.shared.ring
         members = control.live_members()
         actors = [m for m in members if m["kind"] == "actor"]
@@ -147,6 +149,7 @@ class PipelineSource:
             "batch_size": control.target("batch_size"),
             "capacity": ring.capacity,
             "replay_size": ring.size(),
+            "episode_returns": [round(float(r), 3) for r in episodes[:, 0]],  # the window's median judges a resize
             "members": [
                 {k: m[k] for k in ("slot", "kind", "pid", "state", "attached", "cpu", "steps")} for m in members
             ],

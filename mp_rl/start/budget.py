@@ -16,6 +16,7 @@ The estimates are what the code allocates, priced per byte, on top of measured p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -125,7 +126,8 @@ class Budget:
                  limits: Limits, max_members: int):  # fmt: skip
         self.cfg, self.spec, self.ring, self.net, self.bases, self.env = cfg, spec, ring, net, bases, env
         self.limits, self.max_members = limits, max_members
-        self.board_numel = net.numel  # the weight board holds the largest network growth may reach
+        self.largest_net = net  # the largest network `learner.grow` may reach (the plan's "at most")
+        self.board_numel = net.numel  # the weight board holds it
         self.device = "cuda" if limits.vram is not None else "cpu"
         self.batch_row = sum(f.row_bytes for f in ring.batch_fields())  # one sampled transition
         self._builders: dict[int, int] = {}
@@ -198,6 +200,12 @@ class Budget:
         ]  # fmt: skip
         if c.monitor.enabled:
             out.insert(5, Line("monitor", 1, b.imported, cpu=0.05, note=f"samples every {c.monitor.interval_s:g} s"))
+        return out
+
+    def grown(self) -> Budget:
+        """This budget with the network at the largest size growth may reach (the plan's "at most")."""
+        out = copy.copy(self)
+        out.net = self.largest_net
         return out
 
     # --- totals and fit -------------------------------------------------------------------------

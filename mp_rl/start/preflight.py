@@ -18,7 +18,7 @@ import torch
 from mp_rl.agent import growth
 from mp_rl.agent.envs import probe
 from mp_rl.agent.envspec import EnvError, EnvSpec
-from mp_rl.agent.models import NetworkError, check_network, q_network
+from mp_rl.agent.models import NetworkError, check_network, choose, q_network
 from mp_rl.config import Config
 from mp_rl.knobs import Knobs, Span
 from mp_rl.runfolder import CHECKPOINTS, LOGS
@@ -138,8 +138,9 @@ def plan(cfg: Config, check: bool = True) -> Plan:
     net = _network(cfg, spec)
     budget = Budget(cfg, spec, ring, net, bases, env, limits, max_members)
     knobs = _fitted(budget, Knobs(actors, batch, capacity))
-    width, budget.board_numel = _width(budget, knobs, spec)
-    knobs = dataclasses.replace(knobs, width=width)
+    width, budget.largest_net, floor = _width(budget, knobs, spec)
+    budget.board_numel = budget.largest_net.numel
+    knobs = dataclasses.replace(knobs, width=width, width_floor=floor)
     problems = budget.problems(point(cfg, knobs))
     if problems and check:
         fix = would_fit(budget, point(cfg, knobs))
@@ -154,8 +155,10 @@ def plan(cfg: Config, check: bool = True) -> Plan:
                         f"capacity will stay within {knobs.capacity.hi:,} rows")  # fmt: skip
     limit = rate_limit(cfg, knobs.batch_size)
     if width.auto:
+        floor = knobs.width_floor
+        aim = f"; it widens to {floor} % while memory allows (its kind's shipped size)" if floor > 100 else ""
         warnings.append(f"learner.grow auto: the network may move between {width.lo} % and {width.hi} % of its widths "
-                        f"(the weight board holds {budget.board_numel:,} parameters)")  # fmt: skip
+                        f"(the weight board holds {budget.board_numel:,} parameters){aim}")  # fmt: skip
     return Plan(cfg, spec, ring, limit, knobs, max_members, budget.board_numel, warnings, budget, problems, size)
 
 
@@ -199,25 +202,42 @@ def _fitted(budget: Budget, k: Knobs) -> Knobs:
     return Knobs(actors, batch, capacity)
 
 
-def _width(budget: Budget, k: Knobs, spec: EnvSpec) -> tuple[Span, int]:
+def _width(budget: Budget, k: Knobs, spec: EnvSpec) -> tuple[Span, footprint.NetCost, int]:
     """`learner.grow: auto`: the widths, in percent of the config's, the monitor may move the network
-    between (halving down to 25 %; doubling while a layer can still widen and the wider learner fits
-    the budget with every other knob at its top), and the largest network's parameter count."""
+    between (halving down to 25 %; doubling while the network still changes and the wider learner
+    fits the budget with every other knob at its top), the largest network's cost, and the floor:
+    the least width of that ladder at which the network has as many parameters as its kind ships with
+    (`sizing.REFERENCE`: an MLP's layers as wide as the shipped ones, as many as it has; a CNN at
+    scale 1), or the top. Below the floor the monitor widens the network even while the learner is the
+    bottleneck (`sizing`'s measurement: under that size a network only trades capacity for data)."""
     cfg, lc = budget.cfg, budget.cfg.learner
     if lc.grow != "auto":
-        return Span(100, 100, 100, False), budget.net.numel
+        return Span(100, 100, 100, False), budget.net, 0
+    costs: dict[int, footprint.NetCost] = {}
+
+    def at(percent: int) -> footprint.NetCost:
+        if percent not in costs:
+            costs[percent] = network_cost(cfg.model_copy(update={"learner": growth.at_width(lc, percent)}), spec)
+        return costs[percent]
+
     lo = 100
-    while lo > 25 and growth.at_width(lc, lo // 2) != growth.at_width(lc, lo):
+    while lo > 25 and at(lo // 2).numel != at(lo).numel:
         lo //= 2
-    hi, numel, top = 100, budget.net.numel, point(cfg, k, top=True)
-    while growth.at_width(lc, 2 * hi) != growth.at_width(lc, hi):
+    hi, top = 100, point(cfg, k, top=True)
+    while at(2 * hi).numel != at(hi).numel:
         wider = cfg.model_copy(update={"learner": growth.at_width(lc, 2 * hi)})
-        net = network_cost(wider, spec)
-        b = Budget(wider, spec, budget.ring, net, budget.bases, budget.env, budget.limits, budget.max_members)
+        b = Budget(wider, spec, budget.ring, at(2 * hi), budget.bases, budget.env, budget.limits, budget.max_members)
         if b.problems(top):
             break
-        hi, numel = 2 * hi, net.numel
-    return Span(100, lo, hi, True), numel
+        hi *= 2
+    mlp = choose(spec.obs_shape, lc.network) == "mlp"
+    ref = sizing.REFERENCE
+    shipped = {"hidden": ref["mlp"][:1] * len(lc.hidden)} if mlp else {"cnn_scale": ref["cnn"]}
+    least = network_cost(cfg.model_copy(update={"learner": lc.model_copy(update=shipped)}), spec).numel
+    floor = lo
+    while floor < hi and at(floor).numel < least:
+        floor *= 2
+    return Span(100, lo, hi, True), at(hi), floor
 
 
 def would_fit(budget: Budget, p: Point) -> list[str]:
