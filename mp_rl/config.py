@@ -168,12 +168,34 @@ class LearnerConfig(_Section):
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
     dueling: bool = Field(True, description="Dueling value/advantage head.")
-    algo: Literal["dqn", "qr_dqn"] = Field(
-        "dqn", description="dqn: Double DQN; qr_dqn: quantile regression (Dabney et al. 2018), Double DQN targets."
+    algo: Literal["dqn", "qr_dqn", "iqn"] = Field(
+        "dqn",
+        description="dqn: Double DQN; qr_dqn: quantile regression (Dabney et al. 2018); iqn: implicit quantiles "
+        "(Dabney et al. 2018, sampled fractions, cosine embedding); all with Double DQN's action choice.",
     )
-    n_quantiles: int = Field(50, ge=2, le=512, description="qr_dqn: quantiles of each action's return.")
-    network: Literal["auto", "nature_cnn", "small_cnn", "mlp"] = Field(
-        "auto", description="auto: Nature CNN for >= 36x36 images, small CNN for smaller ones, MLP for the rest."
+    n_quantiles: int = Field(
+        50, ge=2, le=512, description="qr_dqn: quantiles of each action's return; iqn: fractions sampled per row."
+    )
+    iqn_merge: Literal["head", "hidden"] = Field(
+        "head",
+        description="iqn: where the fraction embedding multiplies in: the features the head reads (cheap: only the "
+        "head runs per fraction), or those the last hidden layer reads (after a CNN's convolutions, as the paper).",
+    )
+    munchausen: bool = Field(
+        False,
+        description="Munchausen targets (Vieillard et al. 2020): a soft, entropy-regularised target plus the scaled "
+        "log-policy of the action taken; for dqn, qr_dqn and iqn.",
+    )
+    munchausen_alpha: float = Field(0.9, ge=0, le=1, description="munchausen: the log-policy bonus's scale.")
+    munchausen_tau: float = Field(0.03, gt=0, le=10, description="munchausen: the softmax policy's temperature.")
+    munchausen_clip: float = Field(-1.0, lt=0, description="munchausen: the log-policy bonus's lower clip.")
+    network: Literal["auto", "nature_cnn", "small_cnn", "impala_cnn", "mlp"] = Field(
+        "auto",
+        description="auto: Nature CNN for >= 36x36 images, small CNN for smaller ones, MLP for the rest; "
+        "impala_cnn (by choice): the Impala ResNet with an adaptive max-pool, any image size.",
+    )
+    spectral_norm: bool = Field(
+        False, description="impala_cnn: spectral normalization of the residual blocks' convolutions (as BTR)."
     )
     hidden: Annotated[tuple[Width, ...], Field(min_length=1, max_length=8)] | Auto = Field(
         (128, 128),
@@ -186,9 +208,10 @@ class LearnerConfig(_Section):
     )
     grow: Literal["off", "auto"] = Field(
         "off",
-        description="auto: the monitor widens the network (x2 a step, the learned function kept exactly) while the "
-        "learner waits for data, and narrows it under memory pressure; within 16..2048 units a layer, cnn_scale "
-        "0.25..4, and what the budget fits.",
+        description="auto: the monitor widens the network (x2 a step, the learned function kept exactly) toward "
+        "its kind's shipped size while memory allows, and beyond it while the learner waits for data; it narrows "
+        "it under memory pressure and undoes a resize that cost throughput or learning; within 16..2048 units a "
+        "layer, cnn_scale 0.25..4, and what the budget fits.",
     )
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported, else fp16 + scaler).")
     amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
@@ -211,6 +234,11 @@ class LearnerConfig(_Section):
             raise ValueError(
                 f"batch_size: must be 'auto' or 8..max_batch_size ({self.max_batch_size}), got {self.batch_size}"
             )
+        if self.spectral_norm and self.network != "impala_cnn":
+            raise ValueError(f"spectral_norm: only impala_cnn has it, and network is {self.network}")
+        if self.grow == "auto" and self.network == "impala_cnn":
+            # Its residual blocks add a stack's input to its output: not the chain of layers growth widens.
+            raise ValueError("grow: auto widens chains of layers; impala_cnn's residual blocks are not one")
         return self
 
 

@@ -48,6 +48,10 @@ def test_config_objects_are_frozen():
         (["learner"], "override 'learner': expected key.sub=value"),
         (["int=1"], "int: unknown key"),  # found by the property test: a key named like a union branch
         (["learner.lr.x=1"], "learner.lr: Input should be a valid number (got {'x': 1})"),
+        (["learner.spectral_norm=true"], "learner.spectral_norm: only impala_cnn has it, and network is auto"),
+        (["learner.network=impala_cnn", "learner.grow=auto"],
+         "learner.grow: auto widens chains of layers; impala_cnn's residual blocks are not one"),
+        (["learner.algo=rainbow"], "learner.algo: Input should be 'dqn', 'qr_dqn' or 'iqn'"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_key_and_the_problem(overrides, message):

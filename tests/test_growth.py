@@ -10,19 +10,34 @@ from mp_rl.agent import growth
 from mp_rl.agent.models import build_q_network, q_values
 
 # (observation, small network, grown network): MLPs, MinAtar's small CNN, the Nature CNN; plain,
-# dueling and quantile (QR-DQN) heads.
+# dueling and quantile (QR-DQN) heads; IQN's networks, whose fraction embedding grows with the
+# features it gates.
 CASES = {
     "mlp": ((6,), dict(hidden=(16, 16)), dict(hidden=(48, 32))),
     "mlp, dueling quantiles": ((6,), dict(hidden=(16,), dueling=True, quantiles=5), dict(hidden=(40,))),
     "small cnn, dueling": ((10, 10, 4), dict(cnn_scale=0.25, dueling=True), dict(cnn_scale=1.0)),
     "nature cnn, quantiles": ((4, 44, 44), dict(cnn_scale=0.25, quantiles=3), dict(cnn_scale=0.5)),
+    "iqn mlp, dueling": ((6,), dict(hidden=(16, 16), dueling=True, implicit=True), dict(hidden=(48, 32))),
+    "iqn mlp, one layer": ((6,), dict(hidden=(16,), implicit=True), dict(hidden=(64,))),
+    "iqn small cnn": ((10, 10, 4), dict(cnn_scale=0.25, implicit=True), dict(cnn_scale=1.0)),
+    "iqn small cnn, merged after the convolution": (
+        (10, 10, 4),
+        dict(cnn_scale=0.25, implicit=True, merge="hidden", dueling=True),
+        dict(cnn_scale=1.0),
+    ),
+    "iqn mlp, merged at the last hidden layer": (
+        (6,),
+        dict(hidden=(16, 16), implicit=True, merge="hidden"),
+        dict(hidden=(48, 32)),
+    ),
 }
 
 
 def net(obs, small: dict, **wider) -> torch.nn.Module:
-    kw = {"hidden": (), "dueling": False, "quantiles": 0, "cnn_scale": 1.0, **small, **wider}
+    kw = {"hidden": (), "dueling": False, "quantiles": 0, "cnn_scale": 1.0, "implicit": False, "merge": "head",
+          **small, **wider}  # fmt: skip
     return build_q_network(obs, 4, kw["hidden"], kw["dueling"], scale=1.0, quantiles=kw["quantiles"],
-                           cnn_scale=kw["cnn_scale"])  # fmt: skip
+                           cnn_scale=kw["cnn_scale"], implicit=kw["implicit"], merge=kw["merge"])  # fmt: skip
 
 
 def trained(obs, small: dict) -> tuple[torch.nn.Module, torch.optim.Adam]:
@@ -47,6 +62,9 @@ def test_growth_preserves_every_q_value(case):
     x = torch.rand(32, *obs) * 2
     assert growth.q_change(old, new, x) < 1e-5
     assert torch.allclose(old(x), new(x), atol=1e-5)
+    if small.get("implicit"):  # at any fractions, not only the acting ones
+        taus = torch.rand(32, 9)
+        assert torch.allclose(old(x, taus), new(x, taus), atol=1e-5)
 
 
 def test_new_units_have_fresh_inputs_and_zero_outputs_and_then_learn():

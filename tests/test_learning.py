@@ -15,12 +15,16 @@ pytestmark = pytest.mark.system  # every test here starts the real system
 RANDOM_CARTPOLE = 22.0  # mean return of a uniform random policy on CartPole-v1
 
 
-@pytest.mark.parametrize(("algo", "prioritized"), [("dqn", False), ("dqn", True), ("qr_dqn", False), ("qr_dqn", True)])
-def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path, algo, prioritized):
+@pytest.mark.parametrize(
+    ("algo", "prioritized", "munchausen"),
+    [("dqn", False, False), ("dqn", True, False), ("qr_dqn", False, False), ("qr_dqn", True, False),
+     ("iqn", True, False), ("dqn", False, True), ("iqn", False, True)],
+)  # fmt: skip
+def test_cartpole_learns_well_beyond_random_in_a_bounded_budget(tmp_path, algo, prioritized, munchausen):
     cfg = load_config(
         "configs/cartpole.yaml",
         [f"run.runs_dir={tmp_path}", "run.total_env_steps=30000", "replay.min_fill=1000", "learner.device=cpu",
-         f"replay.prioritized={prioritized}", f"learner.algo={algo}"],
+         f"replay.prioritized={prioritized}", f"learner.algo={algo}", f"learner.munchausen={munchausen}"],
     )  # fmt: skip
     p = plan(cfg)
     with SerialRun(p, new_run_dir(cfg)) as run:

@@ -13,6 +13,10 @@ contiguous run (channel-major), so kept channels stay a prefix there too.
 outgoing weights (all of them: the next layer's, or the head's). It changes the function; the
 caller reports by how much (`q_change`).
 
+**IQN's fraction embedding** (`agent.iqn`) multiplies into the features its network's last hidden
+layer reads; its outputs are those features, so it keeps exactly the units that layer keeps as
+inputs: a new feature times its new embedding meets only zero weights.
+
 **Adam** moves the same way: kept entries keep their moments, new ones start at zero, the step count
 is kept. The target network is transferred with the same keeps as the online one.
 """
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mp_rl.agent.iqn import ImplicitQuantiles
 from mp_rl.agent.models import DuelingHead, q_values
 
 if TYPE_CHECKING:
@@ -81,14 +86,34 @@ class Layer:
     keep_in: torch.Tensor
 
 
+def _body(net: nn.Module) -> list[nn.Module]:
+    """The modules from the first layer to the head: `models.build_q_network`'s Sequential(Prep,
+    Sequential(..., head)), or IQN's torso and post joined (its embedding aside, `_gate`)."""
+    return [*net.torso, *net.post] if isinstance(net, ImplicitQuantiles) else list(net[-1])
+
+
 def weight_layers(net: nn.Module) -> tuple[list[nn.Module], list[nn.Linear]]:
     """The trunk's Conv2d / Linear layers in order, and the head's Linear layers (each reads the trunk's
-    last output). `net` is what `models.build_q_network` builds: Sequential(Prep, Sequential(..., head))."""
-    body = net[-1]
+    last output)."""
+    body = _body(net)
     head = body[-1]
-    trunk = [m for m in body[:-1].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    trunk = [m for part in body[:-1] for m in part.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     heads = [head.value, head.advantage] if isinstance(head, DuelingHead) else [head]
     return trunk, heads
+
+
+def _gate(net: nn.Module) -> tuple[nn.Linear, int] | None:
+    """IQN's embedding and the index in the trunk of the layer whose inputs it gates; None for others."""
+    if not isinstance(net, ImplicitQuantiles):
+        return None
+    return net.embed, sum(isinstance(m, (nn.Conv2d, nn.Linear)) for part in net.torso for m in part.modules())
+
+
+def _all_layers(net: nn.Module) -> list[nn.Module]:
+    """Every weight layer in the order `plan` lists them: trunk, head(s), then IQN's embedding."""
+    trunk, heads = weight_layers(net)
+    gate = _gate(net)
+    return trunk + heads + ([gate[0]] if gate else [])
 
 
 def _contribution(trunk: list[nn.Module], heads: list[nn.Linear], i: int) -> torch.Tensor:
@@ -120,13 +145,16 @@ def plan(old: nn.Module, new: nn.Module) -> list[Layer]:
         keep_in, units_in = keep, units
     for o, n in zip(old_heads, new_heads, strict=True):
         layers.append(Layer(o, n, torch.arange(o.weight.shape[0]), _inputs(o, keep_in, units_in)))
+    gate = _gate(old)
+    if gate is not None:  # its outputs are the gated layer's inputs: the same keeps
+        embed, at = gate
+        layers.append(Layer(embed, _gate(new)[0], layers[at].keep_in, torch.arange(embed.weight.shape[1])))
     return layers
 
 
 def plan_like(layers: list[Layer], old: nn.Module, new: nn.Module) -> list[Layer]:
     """The same keeps for another pair of networks of the same widths (the target network's)."""
-    (old_trunk, old_heads), (new_trunk, new_heads) = weight_layers(old), weight_layers(new)
-    pairs = zip(old_trunk + old_heads, new_trunk + new_heads, layers, strict=True)
+    pairs = zip(_all_layers(old), _all_layers(new), layers, strict=True)
     return [Layer(o, n, layer.keep_out, layer.keep_in) for o, n, layer in pairs]
 
 
@@ -206,7 +234,7 @@ class Copy:
 
         self._build, self._flatten = q_network, flatten_parameters
         self.spec, self.lc, self.arch, self.version = spec, lc, arch_code(lc), 0
-        self.net = q_network(spec, lc)
+        self.net = q_network(spec, lc).eval()  # acting only: no training-mode behaviour in a copy
         self.flat = flatten_parameters(self.net)
 
     def sync(self, board, have: int | None = None) -> int:
@@ -216,7 +244,7 @@ class Copy:
         latest = board.latest_shape() if hasattr(board, "latest_shape") else ()
         if len(latest) > 1 and latest[1:] != self.arch:
             lc = with_arch(self.lc, latest[1:])
-            net = self._build(self.spec, lc)
+            net = self._build(self.spec, lc).eval()
             flat = self._flatten(net)
             version = board.read_into(flat, 0, shape=latest[1:])
             if version:  # the layout may have moved on meanwhile: keep the old copy until one lands

@@ -1,5 +1,6 @@
-"""The learner: Double DQN (optional dueling head), n-step targets, Huber loss, Adam, gradient clipping,
-hard or Polyak target updates, AMP on CUDA, a prefetch thread, weights published every K updates.
+"""The learner: Double DQN, QR-DQN or IQN (optional dueling head, Munchausen targets: `losses`), n-step
+targets, Adam, gradient clipping, hard or Polyak target updates, AMP on CUDA, a prefetch thread,
+weights published every K updates.
 
 Nothing in the update loop waits for the device (`staging` says how batches and TD errors move):
 the loss, mean Q and mean |TD| are summed on the device and read back every `learner.stats_every`
@@ -27,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from mp_rl.agent import checkpoint, growth, quantiles
+from mp_rl.agent import checkpoint, growth, impala, losses
 from mp_rl.agent.envspec import EnvSpec
-from mp_rl.agent.models import q_network, q_values
+from mp_rl.agent.models import q_network
 from mp_rl.agent.priorities import Priorities
 from mp_rl.agent.profiling import LearnerProfiler
 from mp_rl.agent.staging import PendingPriorities, Prefetcher, Staged
@@ -65,6 +65,7 @@ class Learner:
         self.width = shared.control.target("width") or 100  # the width target last followed
         self.device = device or pick_device(cfg.learner.device)
         lc = cfg.learner
+        self.loss_spec = losses.LossSpec.of(lc)
         self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
@@ -168,28 +169,15 @@ class Learner:
 
     def _loss_terms(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, TD errors, mean Q): a pure function of the batch and the networks, so it compiles."""
-        out = self.online(b["obs"])
-        with torch.no_grad():
-            best = q_values(self.online(b["next_obs"])).argmax(dim=1)  # Double DQN: online picks,
-            nxt = self.target(b["next_obs"])  # target evaluates
-        if out.dim() == 3:  # quantiles (B, A, N): the target is the whole shifted distribution
-            y = b["reward"].unsqueeze(1) + b["discount"].unsqueeze(1) * quantiles.pick(nxt, best).float()
-            z = quantiles.pick(out, b["action"]).float()
-            per_row = quantiles.quantile_huber(z, y)
-            td, q_mean = per_row.detach(), z.detach().mean()
-        else:
-            q = out.gather(1, b["action"].long().unsqueeze(1)).squeeze(1).float()
-            y = b["reward"] + b["discount"] * nxt.gather(1, best.unsqueeze(1)).squeeze(1).float()
-            per_row = F.smooth_l1_loss(q, y, reduction="none")
-            td, q_mean = (y - q).detach(), q.detach().mean()
-        loss = (per_row * b["weight"]).mean() if "weight" in b else per_row.mean()
-        return loss, td, q_mean
+        return losses.loss_terms(self.online, self.target, b, self.loss_spec)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def update(self, batch: dict[str, torch.Tensor]) -> None:
         """One gradient step; queued on the device, never waited for."""
+        if self.cfg.learner.spectral_norm:  # outside the (maybe compiled) loss: it writes a parameter
+            impala.power_iterations(self.online)
         with self._autocast():
             loss, td, q_mean = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """Q-networks chosen from the observation: the Nature CNN for Atari-sized frames, MinAtar's small CNN for
 small images (channels first or last; from 3x3), an MLP for vectors and, flattened, anything else;
-optional dueling head.
+optional dueling head. The Impala CNN (`agent.impala`) by choice, for any image. With `learner.algo:
+iqn` any of them reads quantile fractions too (`agent.iqn`).
 
 `learner.network` picks one by hand; `check_network` is what preflight runs so that a network that cannot
 take the observation is one line before anything starts, never a crash loop in the actors.
@@ -15,11 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mp_rl.agent import impala
+from mp_rl.agent.iqn import ImplicitQuantiles
+
 if TYPE_CHECKING:
     from mp_rl.agent.envspec import EnvSpec
     from mp_rl.config import LearnerConfig
 
-NETWORKS = ("auto", "nature_cnn", "small_cnn", "mlp")
+NETWORKS = ("auto", "nature_cnn", "small_cnn", "impala_cnn", "mlp")
 NATURE_MIN = 36  # the Nature CNN's three convolutions need at least 36x36 pixels
 
 
@@ -139,7 +143,7 @@ def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
             return "mlp"
         side = min(image[1:3])
         return "nature_cnn" if side >= NATURE_MIN else "small_cnn" if side >= 3 else "mlp"
-    need = {"nature_cnn": NATURE_MIN, "small_cnn": 3}.get(network)
+    need = {"nature_cnn": NATURE_MIN, "small_cnn": 3, "impala_cnn": 1}.get(network)
     if need is not None and (image is None or min(image[1:3]) < need):
         raise NetworkError(
             f"learner.network {network} needs (C, H, W) or (H, W, C) images of at least {need}x{need}; "
@@ -153,15 +157,30 @@ def choose(obs_shape: tuple[int, ...], network: str = "auto") -> str:
 def build_q_network(
     obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...], dueling: bool,
     network: str = "auto", scale: float = 1.0, quantiles: int = 0, cnn_scale: float = 1.0,
+    implicit: bool = False, spectral: bool = False, merge: str = "head",
 ) -> nn.Module:  # fmt: skip
     """The Q-network for an observation: raw stored observations in, Q-values (B, A) out, or with
-    `quantiles` > 0 that many quantiles of each action's return (B, A, quantiles)."""
+    `quantiles` > 0 that many quantiles of each action's return (B, A, quantiles); `implicit`: IQN's
+    network, forward(obs, taus=None) -> (B, A, N), its embedding at `merge`. `spectral`: the Impala
+    CNN's spectral norm."""
+    if implicit and quantiles:
+        raise ValueError("an IQN network reads its quantile fractions: it has no fixed quantile head")
     kind = choose(tuple(obs_shape), network)
     if kind == "mlp":
-        return nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling, quantiles))
-    c, h, w, last = image_layout(tuple(obs_shape))
-    build = nature_cnn if kind == "nature_cnn" else small_cnn
-    return nn.Sequential(Prep(scale, last), build(c, h, w, n_actions, dueling, quantiles, cnn_scale))
+        net = nn.Sequential(Prep(scale), mlp(math.prod(obs_shape), n_actions, hidden, dueling, quantiles))
+    else:
+        c, h, w, last = image_layout(tuple(obs_shape))
+        if kind == "impala_cnn":
+            channels, fc = tuple(scaled(n, cnn_scale) for n in impala.CHANNELS), scaled(impala.FC, cnn_scale)
+            trunk = impala.impala_trunk(c, h, w, channels, fc, spectral)
+            body = nn.Sequential(*trunk, head(fc, n_actions, dueling, quantiles))
+        else:
+            build = nature_cnn if kind == "nature_cnn" else small_cnn
+            body = build(c, h, w, n_actions, dueling, quantiles, cnn_scale)
+        net = nn.Sequential(Prep(scale, last), body)
+    if implicit:
+        return ImplicitQuantiles(net, merge)
+    return net
 
 
 def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
@@ -170,7 +189,8 @@ def q_network(spec: EnvSpec, lc: LearnerConfig) -> nn.Module:
         raise NetworkError("learner.hidden or cnn_scale 'auto': the plan resolves it before any network is built")
     quantiles = lc.n_quantiles if lc.algo == "qr_dqn" else 0
     return build_q_network(spec.obs_shape, spec.n_actions, lc.hidden, lc.dueling, lc.network, spec.obs_scale, quantiles,
-                           lc.cnn_scale)  # fmt: skip
+                           lc.cnn_scale, implicit=lc.algo == "iqn", spectral=lc.spectral_norm,
+                           merge=lc.iqn_merge)  # fmt: skip
 
 
 def check_network(net: nn.Module, obs_shape: tuple[int, ...]) -> None:

@@ -185,13 +185,15 @@ def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
         net = copy.deepcopy(net).to("meta")  # shapes only, and the caller's network stays as it was
 
     def hook(m, _inp, out) -> None:
+        # The whole output of a one-sample pass: IQN's layers after its embedding see one row per
+        # quantile fraction (at its 32 acting fractions), every other layer one row.
         if isinstance(out, torch.Tensor):
-            sizes.append(out[0].numel() if out.dim() else 1)
+            sizes.append(out.numel())
             if isinstance(m, nn.Linear):
-                macs[0] += out[0].numel() * m.in_features
+                macs[0] += out.numel() * m.in_features
             elif isinstance(m, nn.Conv2d):
                 k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-                macs[0] += out[0].numel() * k
+                macs[0] += out.numel() * k
 
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]

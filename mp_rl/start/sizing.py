@@ -64,7 +64,7 @@ def _net(spec: EnvSpec, cfg: Config, rung) -> torch.nn.Module:
     scale = 1.0 if mlp else rung
     quantiles = lc.n_quantiles if lc.algo == "qr_dqn" else 0
     return build_q_network(spec.obs_shape, spec.n_actions, hidden, lc.dueling, lc.network, spec.obs_scale, quantiles,
-                           scale)  # fmt: skip
+                           scale, implicit=lc.algo == "iqn", spectral=lc.spectral_norm, merge=lc.iqn_merge)  # fmt: skip
 
 
 def actor_rate(cfg: Config, spec: EnvSpec, seconds: float = 0.4) -> float:

@@ -1,0 +1,215 @@
+"""The MinAtar suite at equal wall time: mp_rl's learners, piece by piece, against SB3 DQN and Tianshou DQN.
+
+    python -m benchmarks.minatar [--games breakout,asterix,freeway] [--rows current,iqn,...] [--seeds 3]
+                                 [--budget 600] [--results benchmarks/results/minatar]
+    python -m benchmarks.minatar --table              (the tables from the stored results; runs nothing)
+    python -m benchmarks.minatar --throughput         (learner updates/s of each row's learner, on this machine)
+
+A game is a MinAtar short name (breakout, asterix, freeway, seaquest, space_invaders) or its env id.
+Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and Munchausen
+(`configs/minatar_breakout.yaml`, Double/Dueling DQN, with only `env.id` changed); `iqn`,
+`munchausen` and `impala` add one piece each to it; `shipped` is `configs/minatar.yaml`, the
+combination mp_rl ships for every MinAtar game; `sb3` and `tianshou` are the peers at MinAtar's
+reference DQN settings (`benchmarks.peers`). Every run goes through `benchmarks.learning`: mp_rl
+through its real CLI, stopped by SIGINT at the budget, each peer in its own interpreter; the final
+network plays 20 greedy episodes through the one shared evaluation.
+
+Each run's result is a JSON file under `--results` (`<game>/<row>/<budget>s/seed<k>.json`), written
+when the run ends and never run again while it is there: the suite takes hours on a small machine, so it
+goes on where it stopped and the tables are built from whatever is stored. Runs are taken seed by
+seed, and within a seed row by row, so that a drift of the machine touches every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import table
+
+GAMES = {"breakout": "Breakout", "asterix": "Asterix", "freeway": "Freeway", "seaquest": "Seaquest",
+         "space_invaders": "SpaceInvaders"}  # fmt: skip
+CURRENT, SHIPPED = "configs/minatar_breakout.yaml", "configs/minatar.yaml"
+ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
+    "current": (CURRENT, []),
+    "iqn": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8"]),
+    "munchausen": (CURRENT, ["learner.munchausen=true"]),
+    "impala": (CURRENT, ["learner.network=impala_cnn"]),
+    "shipped": (SHIPPED, []),
+    "sb3": None,
+    "tianshou": None,
+}
+MAX_STEPS = 27_000  # an evaluation episode's cut, as `benchmarks.learning` has it for MinAtar
+
+
+def env_id(game: str) -> str:
+    if game.startswith("MinAtar/"):
+        return game
+    if game not in GAMES:
+        raise SystemExit(f"--games: unknown MinAtar game {game!r}, one of {', '.join(GAMES)} or an env id")
+    return f"MinAtar/{GAMES[game]}-v1"
+
+
+def short(game: str) -> str:
+    return next((k for k, v in GAMES.items() if game == f"MinAtar/{v}-v1"), game)
+
+
+def run_one(game: str, row: str, seed: int, budget: float, runs_dir: Path) -> dict:
+    from benchmarks.learning import run_mp_rl, run_peer
+
+    env = {"id": env_id(game), "threshold": None, "max_steps": MAX_STEPS, "extra": []}
+    if ROWS[row] is None:
+        return run_peer(row, env, seed, budget)
+    config, more = ROWS[row]
+    return run_mp_rl({**env, "config": config}, seed, budget, runs_dir, [f"env.id={env['id']}", *more])
+
+
+def result_path(a: argparse.Namespace, game: str, row: str, seed: int) -> Path:
+    return Path(a.results) / short(game) / row / f"{a.budget:g}s" / f"seed{seed}.json"
+
+
+def stored(a: argparse.Namespace, game: str, row: str) -> list[dict]:
+    """The stored results of this budget and these seeds, in seed order."""
+    seeds = range(a.first_seed, a.first_seed + a.seeds)
+    paths = [result_path(a, game, row, k) for k in seeds]
+    return [json.loads(p.read_text()) for p in paths if p.exists()]
+
+
+def run_suite(a: argparse.Namespace, games: list[str], rows: list[str]) -> None:
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
+        for game in games:
+            for row in rows:
+                path = result_path(a, game, row, seed)
+                if path.exists():
+                    continue
+                started = time.time()
+                r = run_one(game, row, seed, a.budget, Path(a.runs))
+                r.update(game=env_id(game), row=row, seed=seed, budget_s=a.budget,
+                         date=time.strftime("%Y-%m-%d"), wall_s=round(time.time() - started, 1))  # fmt: skip
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(r, indent=1) + "\n")
+                print(f"{short(game)} {row} seed {seed}: greedy {r['final']:.2f}, {r['env_steps']:,} env steps, "
+                      f"{r['updates']:,} updates", flush=True)  # fmt: skip
+
+
+def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
+    out = []
+    for game in games:
+        lines = []
+        for row in rows:
+            rs = stored(a, game, row)
+            if not rs:
+                continue
+            finals = [r["final"] for r in rs]
+            lines.append({"row": row, "median": statistics.median(finals), "n": len(rs),
+                          "seeds": " / ".join(f"{x:.1f}" for x in finals),
+                          "steps": int(statistics.median(r["env_steps"] for r in rs)),
+                          "updates": int(statistics.median(r["updates"] for r in rs))})  # fmt: skip
+        if not lines:
+            continue
+        cols = [("row", "learner", "s"), ("median", "greedy return, median", ".2f"), ("n", "seeds", "d"),
+                ("seeds", "per seed", "s"), ("steps", "env steps, median", ","),
+                ("updates", "updates, median", ",")]  # fmt: skip
+        text = f"\n{env_id(game)}, {a.budget:g} s each, 20 greedy episodes at the end\n\n"
+        text += table(lines, cols) + "\n"
+        med = {x["row"]: x["median"] for x in lines}
+        if "shipped" in med:
+            text += "".join(f"shipped > {other}: {'yes' if med['shipped'] > med[other] else 'NO'}\n"
+                            for other in ("current", "sb3", "tianshou") if other in med)  # fmt: skip
+        out.append(text)
+    return "".join(out)
+
+
+def throughput(a: argparse.Namespace, rows: list[str]) -> str:
+    """Each mp_rl row's learner step (forward, loss, backward, Adam) on a MinAtar Breakout batch, alternated
+    row by row `--repeats` times; medians, and the ratio to `current`."""
+    import torch
+
+    from mp_rl.agent.impala import power_iterations
+    from mp_rl.agent.losses import LossSpec, loss_terms
+    from mp_rl.agent.models import build_q_network
+    from mp_rl.config import load_config
+
+    torch.set_num_threads(1)
+    mine = [r for r in rows if ROWS[r] is not None]
+    if not mine:
+        raise SystemExit("--throughput: --rows names no mp_rl row")
+    steps = {}
+    for row in mine:
+        lc = load_config(ROWS[row][0], ROWS[row][1]).learner
+
+        def build(lc=lc):
+            kw = dict(quantiles=lc.n_quantiles if lc.algo == "qr_dqn" else 0, cnn_scale=lc.cnn_scale,
+                      implicit=lc.algo == "iqn", spectral=lc.spectral_norm, merge=lc.iqn_merge)  # fmt: skip
+            return build_q_network((10, 10, 4), 3, lc.hidden, lc.dueling, lc.network, **kw)
+
+        online, target = build(), build()
+        opt = torch.optim.Adam(online.parameters(), lr=lc.lr, eps=1.5e-4, fused=True)
+        n = lc.batch_size
+        b = {"obs": (torch.rand(n, 10, 10, 4) < 0.1).float(), "next_obs": (torch.rand(n, 10, 10, 4) < 0.1).float(),
+             "action": torch.randint(0, 3, (n,)), "reward": torch.rand(n), "discount": torch.full((n,), 0.97),
+             "weight": torch.ones(n)}  # fmt: skip
+        spec = LossSpec.of(lc)
+
+        def step(online=online, target=target, opt=opt, b=b, spec=spec, lc=lc):
+            if lc.spectral_norm:
+                power_iterations(online)
+            loss, _, _ = loss_terms(online, target, b, spec)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(online.parameters(), lc.grad_clip)
+            opt.step()
+
+        steps[row] = step
+    rates: dict[str, list[float]] = {r: [] for r in mine}
+    for _ in range(a.repeats):
+        for row, step in steps.items():
+            for _ in range(5):
+                step()
+            t0, k = time.perf_counter(), 0
+            while time.perf_counter() - t0 < a.seconds:
+                step()
+                k += 1
+            rates[row].append(k / (time.perf_counter() - t0))
+    baseline = "current" if "current" in mine else mine[0]
+    base = statistics.median(rates[baseline])
+    lines = [{"row": r, "rate": statistics.median(v), "ratio": statistics.median(v) / base} for r, v in rates.items()]
+    cols = [("row", "learner", "s"), ("rate", "updates/s, median", ".0f"), ("ratio", f"÷ {baseline}", ".2f")]
+    return f"\nlearner updates/s on a MinAtar batch, 1 thread, {a.repeats} alternated repeats\n\n" + table(lines, cols)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.minatar", description=__doc__.splitlines()[0])
+    ap.add_argument("--games", default="breakout,asterix,freeway")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=600.0)
+    ap.add_argument("--results", default="benchmarks/results/minatar")
+    ap.add_argument("--runs", default="bench_out/minatar/runs")
+    ap.add_argument("--table", action="store_true", help="print the tables from the stored results; run nothing")
+    ap.add_argument("--throughput", action="store_true", help="time each mp_rl row's learner step; run nothing else")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args(argv)
+    games = [g for g in a.games.split(",") if g]
+    for g in games:
+        env_id(g)
+    rows = [r for r in a.rows.split(",") if r]
+    if unknown := [r for r in rows if r not in ROWS]:
+        ap.error(f"--rows: unknown row {unknown[0]!r}, one of {', '.join(ROWS)}")
+    if a.throughput:
+        print(throughput(a, rows))
+        return 0
+    if not a.table:
+        run_suite(a, games, rows)
+    print(tables(a, games, rows) or "no stored results for these games and rows", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
