@@ -51,7 +51,9 @@ ENVS = {
 EPISODES, EVAL_SEED, SNAP_S = 20, 10_000, 2.0
 
 
-def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[str] = ()) -> dict:
+def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[str] = (), evaluate: bool = True) -> dict:
+    """Train through the CLI for `budget` seconds; with `evaluate`, the shared greedy evaluation of the
+    policy it ends with ("final"). The result names the run folder ("run_dir")."""
     cmd = [sys.executable, "-m", "mp_rl.run", "--config", env["config"], f"run.seed={seed}",
            f"run.runs_dir={runs_dir}", "run.total_env_steps=1000000000", "logging.status_every_s=1",
            *env["extra"], *more]  # fmt: skip
@@ -75,10 +77,13 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[st
     reached = next((t for t, x in lines if "reached run.target_return" in x), None)
     stopped = metrics[-1]
     which = "best" if reached is not None else "final"  # best.pt: the weights that reached the target
-    res = worker(["--eval-mp-rl", str(run_dir), "--checkpoint", which, "--env", env["id"], "--seed", str(seed),
-                  "--max-steps", str(env["max_steps"])], 600)  # fmt: skip
+    res = {}
+    if evaluate:
+        res = worker(["--eval-mp-rl", str(run_dir), "--checkpoint", which, "--env", env["id"], "--seed", str(seed),
+                      "--max-steps", str(env["max_steps"])], 600)  # fmt: skip
     return {
         **res,
+        "run_dir": str(run_dir),
         "reached_s": reached,
         "env_steps": stopped["env_steps"],
         "updates": stopped["updates"],
