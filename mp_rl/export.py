@@ -5,13 +5,15 @@ ONNX runtime. Either takes a batch of observations as the run's env gives them (
 scaling inside) and returns the Q-values, (batch, n_actions) float32; the greedy action is their
 argmax. Before it says done, it plays the run's env with the policy to collect a batch of real
 observations, runs the file on them (torch.jit.load; onnxruntime where the `onnx` extra is
-installed) and prints the largest difference from the PyTorch policy. Bad input is one line and
-exit code 2.
+installed: without it an ONNX file is written unchecked, and says so) and prints the largest
+difference from the PyTorch policy. The file is written beside `--out` and renamed onto it only
+once it passed, so a failure leaves an existing file as it was. Bad input is one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from mp_rl.cli import TRUST_FLAG, TRUST_HELP, Parser, fail
 from mp_rl.policy import Policy, PolicyError
 
 FORMATS = ("torchscript", "onnx")
-TOLERANCE = 1e-4  # the largest |difference| in any Q-value the check accepts (float32 kernels differ)
+ATOL, RTOL = 1e-4, 1e-5  # the difference in any Q-value the check accepts: float32 kernels differ, more on larger Q
 
 
 class QValues(nn.Module):
@@ -40,39 +42,74 @@ class QValues(nn.Module):
 
 def observations(policy: Policy, n: int = 64, seed: int = 0) -> np.ndarray:
     """n real observations: the run's env played by the policy, 10 % of the actions random."""
-    env, rng, out = policy.make_env(), np.random.default_rng(seed), []
-    obs, _ = env.reset(seed=seed)
-    while len(out) < n:
-        out.append(obs)
-        obs, _, terminated, truncated, _ = env.step(policy.act(obs, epsilon=0.1, rng=rng))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    env.close()
+    try:
+        env, rng, out = policy.make_env(), np.random.default_rng(seed), []
+        obs, _ = env.reset(seed=seed)
+        while len(out) < n:
+            out.append(obs)
+            obs, _, terminated, truncated, _ = env.step(policy.act(obs, epsilon=0.1, rng=rng))
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.close()
+    except PolicyError:
+        raise
+    except Exception as exc:  # the run's env, whatever it raises
+        raise PolicyError(f"the run's env failed while collecting observations: {type(exc).__name__}: "
+                          f"{str(exc)[:120]}") from None  # fmt: skip
     return np.stack(out)
 
 
-def export(policy: Policy, fmt: str, out: Path, sample: np.ndarray) -> float:
-    """Write the file; return the largest difference from the PyTorch policy on `sample`."""
+def check(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest difference, in units of the tolerance (atol + rtol |want|): over 1 fails; inf if not finite."""
+    if not np.isfinite(got).all() or not np.isfinite(want).all():
+        return float("inf")
+    return float((np.abs(got - want) / (ATOL + RTOL * np.abs(want))).max())
+
+
+def write(policy: Policy, fmt: str, out: Path, sample: np.ndarray) -> tuple[float, float | None]:
+    """Write the file at `out`; return (largest |difference| from the PyTorch policy on `sample`, the same
+    in units of the tolerance), the second None where the file could not be run (no onnxruntime)."""
     model = QValues(policy.net.cpu()).eval().requires_grad_(False)  # a user's .numpy() works on its output
     x = torch.as_tensor(sample)
-    want = model(x).detach().numpy()
+    want = model(x).numpy()
     if fmt == "torchscript":
         with torch.inference_mode():
             traced = torch.jit.trace(model, x[:2])
         traced.save(str(out))
-        got = torch.jit.load(str(out))(x).detach().numpy()
-        return float(np.abs(got - want).max())
+        got = torch.jit.load(str(out))(x).numpy()
+        return float(np.abs(got - want).max()), check(got, want)
     with warnings.catch_warnings(), _quiet("torch.onnx"):
         warnings.simplefilter("ignore")  # the exporter's notes on deprecated pytree classes and torchvision
         batch = torch.export.Dim("batch", min=1)
+        # external_data=False: one self-contained file, weights inside (the default splits them into FILE.data)
         torch.onnx.export(model, (x[:2],), str(out), input_names=["obs"], output_names=["q_values"],
-                          dynamic_shapes={"obs": {0: batch}}, verbose=False)  # fmt: skip
+                          dynamic_shapes={"obs": {0: batch}}, external_data=False, verbose=False)  # fmt: skip
     try:
         import onnxruntime
     except ImportError:
-        return float("nan")  # written; the check needs the onnx extra
+        return float("nan"), None
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return float(np.abs(session.run(None, {"obs": sample})[0] - want).max())
+    got = session.run(None, {"obs": sample})[0]
+    return float(np.abs(got - want).max()), check(got, want)
+
+
+def export(policy: Policy, fmt: str, out: Path, sample: np.ndarray) -> tuple[float, bool]:
+    """Write and check the file through a temporary one beside `out`, renamed onto it only once it passed:
+    a failure leaves nothing new behind and an existing `out` as it was. (difference, checked)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        diff, scaled = write(policy, fmt, tmp, sample)
+        if scaled is not None and scaled > 1:
+            raise PolicyError(f"the {fmt} file's Q-values differ from the policy's by {diff:.2e} (tolerance "
+                              f"{ATOL:g} + {RTOL:g} |q|); nothing written")  # fmt: skip
+        os.replace(tmp, out)
+        return diff, scaled is not None
+    except PolicyError:
+        raise
+    except Exception as exc:  # the tracer, the exporter, the runtime and the file system raise many kinds
+        raise PolicyError(f"could not export to {fmt}: {type(exc).__name__}: {str(exc)[:150]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _quiet:
@@ -103,22 +140,20 @@ def main(argv: list[str] | None = None) -> int:
             raise PolicyError(f"--format {args.format!r}: one of {', '.join(FORMATS)}")
         if not out.parent.is_dir():
             raise PolicyError(f"--out {args.out}: its folder does not exist")
+        if out.is_dir():
+            raise PolicyError(f"--out {args.out}: is a folder; name the file to write")
         if args.format == "onnx":
             try:
                 import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
             except ImportError:
                 raise PolicyError("--format onnx needs the onnx extra: pip install -e '.[onnx]'") from None
-        policy = Policy.load(args.run_dir, args.checkpoint, trust_imports=args.trust_imports)
-        diff = export(policy, args.format, out, observations(policy))
+        policy = Policy.load(args.run_dir, args.checkpoint, trust_imports=args.trust_imports)  # on the CPU
+        diff, checked = export(policy, args.format, out, observations(policy))
     except PolicyError as exc:
         return fail("mp_rl.export", exc)
-    if np.isnan(diff):
+    if not checked:
         print(f"wrote {out} ({args.format}); not checked: onnxruntime is not installed (the onnx extra)")
         return 0
-    if diff > TOLERANCE:
-        out.unlink(missing_ok=True)
-        return fail("mp_rl.export", PolicyError(f"the {args.format} file's Q-values differ from the policy's by "
-                                                f"{diff:.2e} (> {TOLERANCE:g}); nothing written"))  # fmt: skip
     print(f"wrote {out} ({args.format}): {policy.n_actions} Q-values per observation of shape {policy.obs_shape}; "
           f"largest difference from the PyTorch policy on 64 real observations {diff:.1e}")  # fmt: skip
     return 0

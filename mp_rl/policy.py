@@ -41,6 +41,8 @@ class PolicyError(ValueError):
 def locate(source: str | Path, checkpoint: str = "best") -> tuple[Path, str]:
     """(run folder, checkpoint) of a run folder or a checkpoint file inside one (runs/<id>/checkpoints/x.pt)."""
     path = Path(source).expanduser().resolve()
+    if path.is_file() and checkpoint != "best":
+        raise PolicyError(f"{source} is a checkpoint file already: it takes no checkpoint {checkpoint!r}")
     if path.is_file():
         run_dir = next((p for p in path.parents if (p / CONFIG).is_file()), None)
         if run_dir is None:
@@ -67,14 +69,12 @@ class Policy:
         run_dir, which = locate(source, checkpoint)
         try:
             cfg, net = load_policy(run_dir, which, trust_imports)
-            dev = torch.device(device)
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise PolicyError(f"device {device}: CUDA is not available here")
         except (EvaluateError, EnvError, ConfigError) as exc:
             raise PolicyError(str(exc)) from None
-        except RuntimeError as exc:  # torch.device("nonsense")
-            raise PolicyError(f"device {device!r}: {exc}") from None
-        return cls(net, cfg, dev)
+        try:
+            return cls(net, cfg, torch.device(device))
+        except (RuntimeError, AssertionError) as exc:  # "nonsense", "cuda:7" on one GPU, CUDA absent
+            raise PolicyError(f"device {device!r}: {type(exc).__name__}: {str(exc)[:100]}") from None
 
     def _batch(self, obs) -> tuple[torch.Tensor, bool]:
         x = torch.as_tensor(np.asarray(obs))

@@ -7,6 +7,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,9 +80,13 @@ def test_an_exported_file_runs_without_mp_rl_and_equals_the_policy(run_dir, tmp_
         if fmt == "torchscript"
         else "import onnxruntime as ort; q = ort.InferenceSession(F).run(None, {'obs': np.load(O)})[0]"
     )
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    out = Path(shutil.copy(out, moved))  # the file alone: an ONNX file keeps its weights inside
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("policy")) == [out.name]
     code = (f"import sys; sys.modules['mp_rl'] = None; import numpy as np; F, O = {str(out)!r}, "
             f"{str(tmp_path / 'obs.npy')!r}; {run}; np.save(O + '.q.npy', q)")  # fmt: skip
-    alone = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    alone = subprocess.run([sys.executable, "-c", code], cwd=moved, capture_output=True, text=True, timeout=120)
     assert alone.returncode == 0, alone.stderr
     got = np.load(tmp_path / "obs.npy.q.npy")
     assert got.shape == (32, 2) and np.abs(got - policy.q_values(obs)).max() < 1e-5
@@ -102,12 +107,19 @@ def test_bad_export_input_is_one_line_and_exit_2(run_dir, tmp_path):
         ((str(run_dir), "--format", "torchscript", "--checkpoint", str(run_dir / "checkpoints" / "other.pt"),
           "--out", str(tmp_path / "x")), "cannot be loaded into this run's network"),
         ((str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "no" / "x")), "its folder does not exist"),
+        ((str(run_dir), "--format", "torchscript", "--out", str(tmp_path)), "is a folder; name the file to write"),
+        ((str(run_dir / "checkpoints" / "final.pt"), "--format", "onnx", "--checkpoint", "final", "--out",
+          str(tmp_path / "x")), "is a checkpoint file already"),
     ]  # fmt: skip
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(b"an earlier file")
     try:
         for args, line in cases:
             done = cli("mp_rl.export", *args)
             assert done.returncode == 2, done.stderr
             assert done.stderr.startswith("mp_rl.export: ") and line in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*.tmp")), "a failure leaves nothing"
+        assert kept.read_bytes() == b"an earlier file"
     finally:
         (run_dir / "checkpoints" / "other.pt").unlink()

@@ -12,22 +12,47 @@ from mp_rl.config import EnvConfig
 from mp_rl.examples.trading import BUY, HOLD, SELL, WARMUP, TradingEnv, features, load
 
 
+def trajectory(env: TradingEnv, start: int, upto: int) -> list[np.ndarray]:
+    """Observations from `start` through step `upto`, buying and selling along the way."""
+    env.reset(seed=0)
+    env.t, env.end = start, env.hi - 1
+    seen = [env._obs()]
+    while env.t < upto:
+        env.step([BUY, HOLD, HOLD, SELL, BUY, HOLD, HOLD][env.t % 7])
+        seen.append(env._obs())
+    return seen
+
+
 def test_the_observation_at_step_t_reads_prices_up_to_t_only():
     dates, prices = load("STOCKS_GOOGL")
     full = features(prices)
-    rng = np.random.default_rng(0)
     for t in [WARMUP, 500, 1664, 1665, len(prices) - 2]:
-        cut = features(prices[: t + 1])
-        assert np.array_equal(full[t], cut[t]), f"row {t} changed when the prices after it were removed"
-        future = prices.copy()
-        future[t + 1 :] *= rng.uniform(0.5, 2.0, len(prices) - t - 1)  # any future at all
-        env, changed = TradingEnv(split="test"), TradingEnv(split="test", data=(dates, future))
-        if env.lo <= t < env.hi - 1:
-            for e in (env, changed):
-                e.reset()
-                while e.t < t:
-                    e.step(BUY if e.t % 7 == 0 else HOLD)
-            assert np.array_equal(env._obs(), changed._obs())
+        assert np.array_equal(full[t], features(prices[: t + 1])[t]), f"row {t} moved without the prices after it"
+    rng = np.random.default_rng(0)
+    for split, cuts in (("train", [300, 900, 1500, 1663]), ("test", [1700, 2000, 2300, len(prices) - 2])):
+        for t in cuts:
+            future = prices.copy()
+            future[t + 1 :] *= rng.uniform(0.5, 2.0, len(prices) - t - 1)  # any future at all
+            env = TradingEnv(split=split)
+            start = env.lo if split == "test" else t - 200
+            a, b = trajectory(env, start, t), trajectory(TradingEnv(split=split, data=(dates, future)), start, t)
+            assert len(a) == t - start + 1
+            assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), f"{split}: a step up to {t} moved"
+
+
+def test_a_training_window_ends_at_the_last_train_day_truncated():
+    env = TradingEnv(split="train")
+    env.reset(seed=0)
+    env.t = env.hi - env.window
+    env.end = env.t + env.window - 1
+    terminated = truncated = False
+    while not (terminated or truncated):
+        _, _, terminated, truncated, info = env.step(HOLD)
+    assert truncated and not terminated, "a window's end is a time limit: targets bootstrap there"
+    assert info["date"] == "2015-12-31"
+    for seed in range(200):  # every start leaves room for a whole window inside the train part
+        env.reset(seed=seed)
+        assert env.lo <= env.t and env.end <= env.hi - 1
 
 
 def test_train_and_test_are_the_years_before_and_after_2016():

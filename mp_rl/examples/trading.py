@@ -10,9 +10,10 @@ package itself (which imports pandas and matplotlib) is never imported.
 
 **The split.** `train` is every step before `SPLITS[dataset]` (for GOOGL, 2016-01-01: 2009 .. 2015);
 `test` is every step from it to the end (2016-01-04 .. 2018-08-29, 670 days). Training episodes are
-`window` steps (a trading year) from a random start inside the train part; a test episode is the
-whole test part, once. Nothing is chosen on the test part: mp_rl's periodic evaluation (which picks
-`best.pt`) plays the env as the config makes it, on the train part.
+`window` rows (a trading year: 251 steps, each from a day's close to the next) from a random start
+inside the train part, truncated at their end; a test episode is the whole test part, once, and
+terminates with the data. Nothing is chosen on the test part: mp_rl's periodic evaluation (which
+picks `best.pt`) plays the env as the config makes it, on the train part.
 
 **The state at step t** (12 values, each from prices up to t only; `features` and a test prove it):
 log returns over 1, 5, 10, 21 and 63 steps; the deviation of 1-step log returns over 10 and 21
@@ -21,9 +22,10 @@ steps; the log distance from the 10- and 50-step means; the log drawdown from th
 position (0 flat, 1 long) and its unrealised log return since entry.
 
 **Actions** 0 sell (go flat), 1 hold (keep the position), 2 buy (go long): long-only, all in, as
-buy-and-hold is. **Reward**: the day's log return of equity in percent, position times the price's
-log return, less `cost` (a fraction, 10 basis points by default) of the value traded. `info` carries
-the equity (starting at 1), the position, the trades so far and the date.
+buy-and-hold is. A trade fills at the close the state was computed from (a mildly optimistic fill).
+**Reward**: the day's log return of equity in percent, position times the price's log return, less
+`cost` (a fraction, 10 basis points by default) of the value traded. `info` carries the equity
+(starting at 1), the position, the trades so far and the date.
 """
 
 from __future__ import annotations
@@ -119,7 +121,11 @@ class TradingEnv(gym.Env):
         log_r = new * np.log(self.prices[self.t + 1] / self.prices[self.t]) + np.log1p(-self.cost * traded)
         self.position, self.t = new, self.t + 1
         self.equity *= float(np.exp(log_r))
-        return self._obs(), float(100 * log_r), self.t >= self.end, False, self._info()
+        # The end of a window is a time limit, not an end of the world: truncated, so targets bootstrap
+        # there. The test part's last day is the end of the data: terminated.
+        last = self.t >= self.end
+        return self._obs(), float(100 * log_r), last and self.split == "test", last and self.split == "train", \
+            self._info()  # fmt: skip
 
     def _info(self) -> dict:
         return {"equity": self.equity, "position": self.position, "trades": self.trades, "date": self.dates[self.t]}
