@@ -8,8 +8,10 @@
 A game is a MinAtar short name (breakout, asterix, freeway, seaquest, space_invaders) or its env id.
 Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and Munchausen
 (`configs/minatar_breakout.yaml`, Double/Dueling DQN, with only `env.id` changed); `iqn`,
-`munchausen` and `impala` add one piece each to it; `shipped` is `configs/minatar.yaml`, the
-combination mp_rl ships for every MinAtar game; `sb3` and `tianshou` are the peers at MinAtar's
+`munchausen` and `impala` add one piece each to it, `iqn_munchausen` two; `shipped` is
+`configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is one of the other
+rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that row, and count for
+both; `sb3` and `tianshou` are the peers at MinAtar's
 reference DQN settings (`benchmarks.peers`). Every run goes through `benchmarks.learning`: mp_rl
 through its real CLI, stopped by SIGINT at the budget, each peer in its own interpreter; the final
 network plays 20 greedy episodes through the one shared evaluation.
@@ -39,6 +41,7 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "iqn": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8"]),
     "munchausen": (CURRENT, ["learner.munchausen=true"]),
     "impala": (CURRENT, ["learner.network=impala_cnn"]),
+    "iqn_munchausen": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.munchausen=true"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
@@ -50,12 +53,30 @@ def env_id(game: str) -> str:
     if game.startswith("MinAtar/"):
         return game
     if game not in GAMES:
-        raise SystemExit(f"--games: unknown MinAtar game {game!r}, one of {', '.join(GAMES)} or an env id")
+        raise ValueError(f"--games: unknown MinAtar game {game!r}, one of {', '.join(GAMES)} or an env id")
     return f"MinAtar/{GAMES[game]}-v1"
 
 
 def short(game: str) -> str:
     return next((k for k, v in GAMES.items() if game == f"MinAtar/{v}-v1"), game)
+
+
+def resolved(row: str) -> dict:
+    """A row's whole config as the run would get it, less its name."""
+    from mp_rl.config import load_config
+
+    config, more = ROWS[row]
+    d = load_config(config, more).model_dump()
+    d["run"].pop("name")
+    return d
+
+
+def same_as(row: str) -> str:
+    """The row whose runs stand for `row`: `shipped` is the first piece row with its config, if any."""
+    if row != "shipped":
+        return row
+    mine = resolved(row)
+    return next((r for r, v in ROWS.items() if v is not None and r != row and resolved(r) == mine), row)
 
 
 def run_one(game: str, row: str, seed: int, budget: float, runs_dir: Path) -> dict:
@@ -80,6 +101,7 @@ def stored(a: argparse.Namespace, game: str, row: str) -> list[dict]:
 
 
 def run_suite(a: argparse.Namespace, games: list[str], rows: list[str]) -> None:
+    rows = list(dict.fromkeys(same_as(r) for r in rows))  # `shipped` runs once when it is another row
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for game in games:
             for row in rows:
@@ -99,13 +121,17 @@ def run_suite(a: argparse.Namespace, games: list[str], rows: list[str]) -> None:
 def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
     out = []
     for game in games:
-        lines = []
+        lines, med = [], {}
+        names: dict[str, list[str]] = {}  # the row whose runs are read: the rows it stands for
         for row in rows:
-            rs = stored(a, game, row)
+            names.setdefault(same_as(row), []).append(row)
+        for real, labels in names.items():
+            rs = stored(a, game, real)
             if not rs:
                 continue
             finals = [r["final"] for r in rs]
-            lines.append({"row": row, "median": statistics.median(finals), "n": len(rs),
+            med |= dict.fromkeys(labels, statistics.median(finals))
+            lines.append({"row": " = ".join(labels), "median": statistics.median(finals), "n": len(rs),
                           "seeds": " / ".join(f"{x:.1f}" for x in finals),
                           "steps": int(statistics.median(r["env_steps"] for r in rs)),
                           "updates": int(statistics.median(r["updates"] for r in rs))})  # fmt: skip
@@ -116,7 +142,6 @@ def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
                 ("updates", "updates, median", ",")]  # fmt: skip
         text = f"\n{env_id(game)}, {a.budget:g} s each, 20 greedy episodes at the end\n\n"
         text += table(lines, cols) + "\n"
-        med = {x["row"]: x["median"] for x in lines}
         if "shipped" in med:
             text += "".join(f"shipped > {other}: {'yes' if med['shipped'] > med[other] else 'NO'}\n"
                             for other in ("current", "sb3", "tianshou") if other in med)  # fmt: skip
@@ -135,7 +160,7 @@ def throughput(a: argparse.Namespace, rows: list[str]) -> str:
     from mp_rl.config import load_config
 
     torch.set_num_threads(1)
-    mine = [r for r in rows if ROWS[r] is not None]
+    mine = list(dict.fromkeys(same_as(r) for r in rows if ROWS[r] is not None))  # shipped once
     if not mine:
         raise SystemExit("--throughput: --rows names no mp_rl row")
     steps = {}
@@ -197,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     games = [g for g in a.games.split(",") if g]
-    for g in games:
-        env_id(g)
+    try:
+        for g in games:
+            env_id(g)
+    except ValueError as e:
+        ap.error(str(e))
     rows = [r for r in a.rows.split(",") if r]
     if unknown := [r for r in rows if r not in ROWS]:
         ap.error(f"--rows: unknown row {unknown[0]!r}, one of {', '.join(ROWS)}")
