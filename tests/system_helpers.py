@@ -17,6 +17,12 @@ import psutil
 REPO = Path(__file__).parent.parent
 
 
+def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m module args` from the repository root, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
 def titled(run_id: str) -> dict[str, psutil.Process]:
     """Live processes titled `mp_rl[<run_id>] <member>`, by member."""
     prefix, found = f"mp_rl[{run_id}] ", {}

@@ -7,14 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from system_helpers import REPO
+from system_helpers import REPO, cli
 
 pytestmark = pytest.mark.system  # every test here starts the real system
-
-
-def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from system_helpers import REPO
+from system_helpers import cli
 
 from mp_rl.export import observations
 from mp_rl.policy import Policy, PolicyError
@@ -20,17 +20,12 @@ from mp_rl.policy import Policy, PolicyError
 pytestmark = pytest.mark.system  # a real run trains first
 
 
-def cli(module: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A short finished CartPole run with IQN (a network whose output is not plain Q-values)."""
     runs = tmp_path_factory.mktemp("runs")
     done = cli("mp_rl.run", "--config", "configs/smoke.yaml", "env.id=CartPole-v1", "learner.algo=iqn",
-               "learner.n_quantiles=8", "run.total_env_steps=3000", f"run.runs_dir={runs}")  # fmt: skip
+               "learner.n_quantiles=8", "run.total_env_steps=3000", f"run.runs_dir={runs}", timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr
     (folder,) = runs.iterdir()
     return folder
