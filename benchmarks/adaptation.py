@@ -19,7 +19,6 @@ throughput, actors, batch size, capacity and CPU/RAM over time with every move m
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import itertools
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import table, write_results
+from mp_rl.cli import Parser
 from mp_rl.config import load_config
 from mp_rl.runfolder import RunFolder
 from mp_rl.start import resources
@@ -194,7 +194,7 @@ def adapt(args, base: list[str], best: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.adaptation", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.adaptation", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/cartpole.yaml")
     ap.add_argument("--static-seconds", type=float, default=20.0)
     ap.add_argument("--adaptive-seconds", type=float, default=150.0)

@@ -16,7 +16,6 @@ Bar: >= 0.85 on a 16-core machine (an actor process is one core; the learner has
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from benchmarks.common import write_results
 from benchmarks.scaling import single_process_rate
 from mp_rl import runfolder
+from mp_rl.cli import Parser
 from mp_rl.config import load_config
 from mp_rl.runfolder import RunFolder
 from mp_rl.shm.ringspec import RingSpec
@@ -124,7 +124,7 @@ def vram_text(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.flagship", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.flagship", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/threadripper.yaml")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--baseline-seconds", type=float, default=20.0)

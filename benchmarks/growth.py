@@ -17,12 +17,12 @@ The widths each run ended at are read from its learner's stats (`learner.jsonl`)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 from benchmarks.common import table, write_results
 from benchmarks.learning import ENVS, run_mp_rl
+from mp_rl.cli import Parser
 from mp_rl.runfolder import RunFolder
 
 SMALL = {"cartpole": ["learner.hidden=[16]"], "breakout": ["learner.cnn_scale=0.25"]}
@@ -50,7 +50,7 @@ def widths(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.growth", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.growth", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--envs", default="cartpole,breakout")

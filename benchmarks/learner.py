@@ -17,7 +17,6 @@ publishing take from it.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ import torch
 
 from benchmarks.common import table, write_results
 from mp_rl.agent.learner import Learner, pick_device
+from mp_rl.cli import Parser
 from mp_rl.config import load_config
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.ring import ReplayRing, rows_like
@@ -115,7 +115,7 @@ def measure(name: str, batch: int, compile_mode: str, device: torch.device, seco
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.learner", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.learner", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3)

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import table, write_results
+from mp_rl.cli import Parser
 from mp_rl.config import load_config
 from mp_rl.runfolder import RunFolder
 
@@ -166,7 +167,7 @@ def summarize(env: dict, budget: float, runs: dict[str, list[dict]]) -> tuple[li
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.learning", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.learning", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--envs", default="cartpole,breakout")
     ap.add_argument("--systems", default=None, help="comma-separated names from the env's list (default: all)")

@@ -32,10 +32,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import table
+from mp_rl.cli import Parser
 
 GAMES = {"breakout": "Breakout", "asterix": "Asterix", "freeway": "Freeway", "seaquest": "Seaquest",
          "space_invaders": "SpaceInvaders"}  # fmt: skip
-CURRENT, SHIPPED = "configs/minatar_breakout.yaml", "configs/minatar.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # so that --table works from any folder
+CURRENT, SHIPPED = str(CONFIGS / "minatar_breakout.yaml"), str(CONFIGS / "minatar.yaml")
 ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "current": (CURRENT, []),
     "iqn": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8"]),
@@ -202,13 +204,15 @@ def throughput(a: argparse.Namespace, rows: list[str]) -> str:
             rates[row].append(k / (time.perf_counter() - t0))
     baseline = "current" if "current" in mine else mine[0]
     base = statistics.median(rates[baseline])
-    lines = [{"row": r, "rate": statistics.median(v), "ratio": statistics.median(v) / base} for r, v in rates.items()]
+    shown = {r: " = ".join([r, *(x for x in rows if x != r and same_as(x) == r)]) for r in rates}  # iqn = shipped
+    lines = [{"row": shown[r], "rate": statistics.median(v), "ratio": statistics.median(v) / base}
+             for r, v in rates.items()]  # fmt: skip
     cols = [("row", "learner", "s"), ("rate", "updates/s, median", ".0f"), ("ratio", f"÷ {baseline}", ".2f")]
     return f"\nlearner updates/s on a MinAtar batch, 1 thread, {a.repeats} alternated repeats\n\n" + table(lines, cols)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.minatar", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.minatar", description=__doc__.splitlines()[0])
     ap.add_argument("--games", default="breakout,asterix,freeway")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--seeds", type=int, default=3)

@@ -12,18 +12,18 @@ greedy episodes through the evaluation every system in `benchmarks.learning` sha
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 from benchmarks.common import table, write_results
 from benchmarks.learning import ENVS, run_mp_rl
+from mp_rl.cli import Parser
 
 ARMS = {"uniform": [], "prioritized": ["replay.prioritized=true"]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.prioritized", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.prioritized", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--envs", default="cartpole,breakout")

@@ -19,7 +19,6 @@ Everything lands in one folder (`--out`):
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 import psutil
 
 from mp_rl import runfolder
+from mp_rl.cli import Parser
 from mp_rl.runfolder import PROFILE, RunFolder
 from mp_rl.shm.manifest import AttachError, SharedRun
 from mp_rl.system.telemetry import Delta
@@ -214,7 +214,7 @@ def report(args, run_dir: Path, timeline: list[dict], first: dict, last: dict, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.profile", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.profile", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/cartpole.yaml")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--py-spy", action="store_true", help="flame graph of the whole process tree")

@@ -20,7 +20,6 @@ Bar (issue 15): ray ingest >= 70 % of ray raw transfer for Pong blocks.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import statistics
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import table, write_results
+from mp_rl.cli import Parser
 from mp_rl.runfolder import LOGS
 
 ENVS = {
@@ -194,7 +194,7 @@ def bench_env(env: str, cluster, worker, n: int, seconds: float, repeats: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="benchmarks.ray_ingest", description=__doc__.splitlines()[0])
+    p = Parser(prog="benchmarks.ray_ingest", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--senders", type=int, default=2, help="Ray actors (and local writers) sending at once")

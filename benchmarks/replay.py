@@ -14,7 +14,6 @@ CartPole rows (4 float32) give the prioritized-vs-uniform figure where sampling 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from benchmarks.common import table, write_results
 from mp_rl.agent.actor import Actor
 from mp_rl.agent.envs import make_vector_env
 from mp_rl.agent.priorities import Priorities
+from mp_rl.cli import Parser
 from mp_rl.config import load_config
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.shm.ring import ReplayRing, RingSpec, rows_like
@@ -173,7 +173,7 @@ def plan_rows(pong: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks.replay", description=__doc__.splitlines()[0])
+    ap = Parser(prog="benchmarks.replay", description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default=None)
