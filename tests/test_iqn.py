@@ -11,6 +11,7 @@ import torch
 from mp_rl.agent.iqn import ACTING
 from mp_rl.agent.losses import LossSpec, loss_terms
 from mp_rl.agent.models import build_q_network, q_values
+from mp_rl.agent.quantiles import midpoints
 
 
 @pytest.mark.parametrize("merge", ["head", "hidden"])
@@ -21,8 +22,10 @@ def test_it_answers_at_any_fractions_and_acts_on_fixed_ones(shape, dueling, merg
     x = torch.rand(2, *shape)
     assert net(x, torch.rand(2, 7)).shape == (2, 3, 7)
     z = net(x)
-    assert z.shape == (2, 3, ACTING) and q_values(z).shape == (2, 3)
+    assert z.shape == (2, 3, 1 if merge == "head" else ACTING) and q_values(z).shape == (2, 3)
     assert torch.equal(q_values(net(x)), q_values(z)), "the acting fractions are fixed: a deterministic policy"
+    at_all = net(x, midpoints(ACTING).expand(2, -1))
+    assert torch.allclose(q_values(z), q_values(at_all), atol=1e-6), "the Q-value is the mean over the 32"
 
 
 def test_the_fraction_changes_the_answer_and_only_its_own_row():

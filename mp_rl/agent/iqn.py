@@ -12,9 +12,13 @@ gives every action's value at every fraction asked for: (B, A, N). Where (`learn
 - `hidden`: the features the last hidden layer reads: after the convolutions of a CNN, as the paper
   has it. Every layer from there runs once per fraction.
 
-Called with the observation alone, it answers at K = 32 fixed fractions, the midpoints of 32 equal
-bins: their mean is the Q-value every actor, the evaluator and Double DQN's action choice use
-(`models.q_values`), the same for every caller and every call, so a policy is deterministic. The
+Called with the observation alone, it answers the Q-value every actor, the evaluator and Double
+DQN's action choice use (`models.q_values`): the mean over K = 32 fixed fractions, the midpoints of 32
+equal bins, the same for every caller and every call, so a policy is deterministic. With the `head`
+merge the head is affine (a linear or dueling layer), so the mean of its answers is its answer to the
+mean embedding: one row per observation, not 32, returned as (B, A, 1). That is exact up to float
+rounding and makes the learner's Double DQN choice and every actor's step as cheap as plain DQN's
+(docs/learners.md has the figures). `hidden` has ReLUs after the merge and answers at all 32: (B, A, 32). The
 learner passes sampled fractions instead (`learner.n_quantiles` of them for the online network and
 as many for the target's), and the quantile Huber loss weighs each by its own fraction
 (`quantiles.quantile_huber`).
@@ -51,6 +55,7 @@ class ImplicitQuantiles(nn.Module):
             cut = max(i for i, m in enumerate(body[:-1]) if isinstance(m, nn.Linear))
             features = body[cut].in_features
         self.prep, self.torso, self.post = prep, body[:cut], body[cut:]
+        self.affine = merge == "head"  # nothing but the (linear or dueling) head after the product
         self.embed = nn.Linear(COSINES, features)
         # Not parameters: constants every copy computes the same, so the board carries none of them.
         self.register_buffer("freqs", math.pi * torch.arange(COSINES, dtype=torch.float32), persistent=False)
@@ -58,12 +63,18 @@ class ImplicitQuantiles(nn.Module):
 
     def forward(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
         h = self.torso(self.prep(obs))  # (B, F)
+        if taus is None and self.affine:  # mean_k head(h * e_k) = head(h * mean_k e_k): the head is affine
+            return self.post(h * self.embedding(self.acting).mean(0)).unsqueeze(-1)  # (B, A, 1)
         if taus is None:
             taus = self.acting.expand(h.shape[0], -1)
-        # The cosines in float32 whatever autocast does: tau near 1 times pi * 63 needs the precision.
-        e = F.relu(self.embed(torch.cos(taus.float().unsqueeze(-1) * self.freqs)))  # (B, N, F)
+        e = self.embedding(taus)  # (B, N, F)
         q = self.post((h.unsqueeze(1) * e).flatten(0, 1))  # (B * N, A)
         return q.view(h.shape[0], taus.shape[1], -1).transpose(1, 2)
+
+    def embedding(self, taus: torch.Tensor) -> torch.Tensor:
+        """relu(W cos(pi i tau) + b) for every fraction: (..., N) -> (..., N, F)."""
+        # The cosines in float32 whatever autocast does: tau near 1 times pi * 63 needs the precision.
+        return F.relu(self.embed(torch.cos(taus.float().unsqueeze(-1) * self.freqs)))
 
 
 def sample_taus(rows: int, n: int, device: torch.device) -> torch.Tensor:

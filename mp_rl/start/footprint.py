@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from mp_rl.agent.iqn import ACTING, ImplicitQuantiles
 from mp_rl.start import cache
 
 # Measured on the 2-core development machine (torch 2.13, CPU): used when the child cannot run.
@@ -186,7 +187,7 @@ def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
 
     def hook(m, _inp, out) -> None:
         # The whole output of a one-sample pass: IQN's layers after its embedding see one row per
-        # quantile fraction (at its 32 acting fractions), every other layer one row.
+        # quantile fraction (asked at 32, more than a learner samples), every other layer one row.
         if isinstance(out, torch.Tensor):
             sizes.append(out.numel())
             if isinstance(m, nn.Linear):
@@ -199,7 +200,8 @@ def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.device("meta"):
-            net(torch.empty((1, *obs_shape)))
+            obs = torch.empty((1, *obs_shape))
+            net(obs, torch.empty((1, ACTING))) if isinstance(net, ImplicitQuantiles) else net(obs)
     finally:
         for h in handles:
             h.remove()
