@@ -18,9 +18,9 @@ equal bins, the same for every caller and every call, so a policy is determinist
 merge the head is affine (a linear or dueling layer), so the mean of its answers is its answer to the
 mean embedding: one row per observation, not 32, returned as (B, A, 1). That is exact up to float
 rounding and makes the learner's Double DQN choice and every actor's step as cheap as plain DQN's
-(docs/learners.md has the figures). `hidden` has ReLUs after the merge and answers at all 32: (B, A, 32). The
-learner passes sampled fractions instead (`learner.n_quantiles` of them for the online network and
-as many for the target's), and the quantile Huber loss weighs each by its own fraction
+(docs/learners.md has the figures). `hidden` has ReLUs after the merge and answers at all 32:
+(B, A, 32). The learner passes sampled fractions instead (`learner.n_quantiles` of them for the
+online network and as many for the target's), and the quantile Huber loss weighs each by its own fraction
 (`quantiles.quantile_huber`).
 """
 

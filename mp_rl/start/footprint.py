@@ -200,8 +200,8 @@ def network(net: nn.Module, obs_shape: tuple[int, ...]) -> NetCost:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.device("meta"):
-            obs = torch.empty((1, *obs_shape))
-            net(obs, torch.empty((1, ACTING))) if isinstance(net, ImplicitQuantiles) else net(obs)
+            taus = (torch.empty((1, ACTING)),) if isinstance(net, ImplicitQuantiles) else ()
+            net(torch.empty((1, *obs_shape)), *taus)
     finally:
         for h in handles:
             h.remove()
