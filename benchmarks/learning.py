@@ -63,10 +63,20 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[st
     # Its output, read as it comes (a full pipe would stall the run), each line with its time since launch.
     reader = threading.Thread(target=lambda: lines.extend((time.time() - launched, x) for x in proc.stdout))
     reader.start()
+    # A stopped benchmark stops its run: the run's own session keeps a Ctrl-C in the terminal from
+    # reaching it, and SIGTERM (`kill`, `timeout`) would end the benchmark without a word, so both become
+    # a KeyboardInterrupt here and the run gets a user's Ctrl-C before it is passed on.
+    term = signal.signal(signal.SIGTERM, interrupt)
     try:
         proc.wait(timeout=budget)  # returns early when the config's run.target_return stopped the run
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # a user's Ctrl-C: the run stops, keeps final.pt and writes its report
+    except BaseException:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=600)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, term)
     proc.wait(timeout=600)
     reader.join(60)
     if proc.returncode != 0:
@@ -90,6 +100,10 @@ def run_mp_rl(env: dict, seed: int, budget: float, runs_dir: Path, more: list[st
         "updates": stopped["updates"],
         "network": {"hidden": list(learner.hidden), "cnn_scale": learner.cnn_scale},
     }
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def worker(args: list[str], timeout: float) -> dict:

@@ -19,7 +19,10 @@ network plays 20 greedy episodes through the one shared evaluation.
 Each run's result is a JSON file under `--results` (`<game>/<row>/<budget>s/seed<k>.json`), written
 when the run ends and never run again while it is there: the suite takes hours on a small machine, so it
 goes on where it stopped and the tables are built from whatever is stored. Runs are taken seed by
-seed, and within a seed row by row, so that a drift of the machine touches every row.
+seed, within a seed game by game, and within a game row by row, so that one game's rows for one seed
+are measured back to back, on the same machine. Each result keeps that machine's speed just before
+the run (the current learner's updates/s, one thread), and the tables show it per seed: the rows of a
+seed are comparable where their speeds agree.
 """
 
 from __future__ import annotations
@@ -110,8 +113,13 @@ def run_suite(a: argparse.Namespace, games: list[str], rows: list[str]) -> None:
                 path = result_path(a, game, row, seed)
                 if path.exists():
                     continue
+                # This machine's speed just before the run: the current learner's updates/s on one thread.
+                # A shared machine's speed drifts from day to day (by 1.8x here), and a table whose rows
+                # were measured at different speeds compares machines, not learners; the table shows it.
+                speed = rate(learner_step("current"), 3.0)
                 started = time.time()
                 r = run_one(game, row, seed, a.budget, Path(a.runs))
+                r["machine_updates_per_s"] = round(speed, 1)
                 r.update(game=env_id(game), row=row, seed=seed, budget_s=a.budget,
                          date=time.strftime("%Y-%m-%d"), wall_s=round(time.time() - started, 1))  # fmt: skip
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +144,14 @@ def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
             lines.append({"row": " = ".join(labels), "median": statistics.median(finals), "n": len(rs),
                           "seeds": " / ".join(f"{x:.1f}" for x in finals),
                           "steps": int(statistics.median(r["env_steps"] for r in rs)),
-                          "updates": int(statistics.median(r["updates"] for r in rs))})  # fmt: skip
+                          "updates": int(statistics.median(r["updates"] for r in rs)),
+                          "speed": " / ".join(f"{r['machine_updates_per_s']:.0f}" if "machine_updates_per_s" in r
+                                              else "–" for r in rs)})  # fmt: skip
         if not lines:
             continue
         cols = [("row", "learner", "s"), ("median", "greedy return, median", ".2f"), ("n", "seeds", "d"),
                 ("seeds", "per seed", "s"), ("steps", "env steps, median", ","),
-                ("updates", "updates, median", ",")]  # fmt: skip
+                ("updates", "updates, median", ","), ("speed", "machine, per seed", "s")]  # fmt: skip
         text = f"\n{env_id(game)}, {a.budget:g} s each, 20 greedy episodes at the end\n\n"
         text += table(lines, cols) + "\n"
         if "shipped" in med:
@@ -151,9 +161,9 @@ def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
     return "".join(out)
 
 
-def throughput(a: argparse.Namespace, rows: list[str]) -> str:
-    """Each mp_rl row's learner step (forward, loss, backward, Adam) on a MinAtar Breakout batch, alternated
-    row by row `--repeats` times; medians, and the ratio to `current`."""
+def learner_step(row: str):
+    """One update of `row`'s learner (forward, loss, backward, Adam) on a random MinAtar Breakout batch,
+    as a function to call, on one torch thread."""
     import torch
 
     from mp_rl.agent.impala import power_iterations
@@ -162,46 +172,51 @@ def throughput(a: argparse.Namespace, rows: list[str]) -> str:
     from mp_rl.config import load_config
 
     torch.set_num_threads(1)
+    lc = load_config(ROWS[row][0], ROWS[row][1]).learner
+    kw = dict(quantiles=lc.n_quantiles if lc.algo == "qr_dqn" else 0, cnn_scale=lc.cnn_scale,
+              implicit=lc.algo == "iqn", spectral=lc.spectral_norm, merge=lc.iqn_merge)  # fmt: skip
+    online, target = (build_q_network((10, 10, 4), 3, lc.hidden, lc.dueling, lc.network, **kw) for _ in "ot")
+    opt = torch.optim.Adam(online.parameters(), lr=lc.lr, eps=1.5e-4, fused=True)
+    n = lc.batch_size
+    b = {"obs": (torch.rand(n, 10, 10, 4) < 0.1).float(), "next_obs": (torch.rand(n, 10, 10, 4) < 0.1).float(),
+         "action": torch.randint(0, 3, (n,)), "reward": torch.rand(n), "discount": torch.full((n,), 0.97),
+         "weight": torch.ones(n)}  # fmt: skip
+    spec = LossSpec.of(lc)
+
+    def step() -> None:
+        if lc.spectral_norm:
+            power_iterations(online)
+        loss, _, _ = loss_terms(online, target, b, spec)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(online.parameters(), lc.grad_clip)
+        opt.step()
+
+    return step
+
+
+def rate(step, seconds: float) -> float:
+    """Calls per second of `step` over `seconds`, after 5 calls to warm it."""
+    for _ in range(5):
+        step()
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        k += 1
+    return k / (time.perf_counter() - t0)
+
+
+def throughput(a: argparse.Namespace, rows: list[str]) -> str:
+    """Each mp_rl row's learner step, alternated row by row `--repeats` times; medians, and the ratio
+    to `current`."""
     mine = list(dict.fromkeys(same_as(r) for r in rows if ROWS[r] is not None))  # shipped once
     if not mine:
         raise SystemExit("--throughput: --rows names no mp_rl row")
-    steps = {}
-    for row in mine:
-        lc = load_config(ROWS[row][0], ROWS[row][1]).learner
-
-        def build(lc=lc):
-            kw = dict(quantiles=lc.n_quantiles if lc.algo == "qr_dqn" else 0, cnn_scale=lc.cnn_scale,
-                      implicit=lc.algo == "iqn", spectral=lc.spectral_norm, merge=lc.iqn_merge)  # fmt: skip
-            return build_q_network((10, 10, 4), 3, lc.hidden, lc.dueling, lc.network, **kw)
-
-        online, target = build(), build()
-        opt = torch.optim.Adam(online.parameters(), lr=lc.lr, eps=1.5e-4, fused=True)
-        n = lc.batch_size
-        b = {"obs": (torch.rand(n, 10, 10, 4) < 0.1).float(), "next_obs": (torch.rand(n, 10, 10, 4) < 0.1).float(),
-             "action": torch.randint(0, 3, (n,)), "reward": torch.rand(n), "discount": torch.full((n,), 0.97),
-             "weight": torch.ones(n)}  # fmt: skip
-        spec = LossSpec.of(lc)
-
-        def step(online=online, target=target, opt=opt, b=b, spec=spec, lc=lc):
-            if lc.spectral_norm:
-                power_iterations(online)
-            loss, _, _ = loss_terms(online, target, b, spec)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(online.parameters(), lc.grad_clip)
-            opt.step()
-
-        steps[row] = step
+    steps = {row: learner_step(row) for row in mine}
     rates: dict[str, list[float]] = {r: [] for r in mine}
     for _ in range(a.repeats):
         for row, step in steps.items():
-            for _ in range(5):
-                step()
-            t0, k = time.perf_counter(), 0
-            while time.perf_counter() - t0 < a.seconds:
-                step()
-                k += 1
-            rates[row].append(k / (time.perf_counter() - t0))
+            rates[row].append(rate(step, a.seconds))
     baseline = "current" if "current" in mine else mine[0]
     base = statistics.median(rates[baseline])
     shown = {r: " = ".join([r, *(x for x in rows if x != r and same_as(x) == r)]) for r in rates}  # iqn = shipped
