@@ -9,10 +9,11 @@ import pytest
 from benchmarks import minatar
 
 
-def store(tmp_path, game: str, row: str, seed: int, final: float) -> None:
+def store(tmp_path, game: str, row: str, seed: int, final: float, speed: float | None = None) -> None:
     path = tmp_path / game / row / "600s" / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"final": final, "env_steps": 1000, "updates": 100}))
+    machine = {} if speed is None else {"machine_updates_per_s": speed}
+    path.write_text(json.dumps({"final": final, "env_steps": 1000, "updates": 100, **machine}))
 
 
 def test_shipped_stands_on_the_piece_row_whose_config_it_is(tmp_path, monkeypatch):
@@ -29,20 +30,26 @@ def test_shipped_is_never_run_twice_and_stored_runs_are_not_run_again(tmp_path, 
         return {"final": 1.0, "env_steps": 10, "updates": 1}
 
     monkeypatch.setattr(minatar, "run_one", fake)
+    monkeypatch.setattr(minatar, "learner_step", lambda row: row)
+    monkeypatch.setattr(minatar, "rate", lambda step, seconds: 150.0 if step == "current" else 0.0)
     store(tmp_path, "breakout", "current", 0, 5.0)
     minatar.main(["--games", "breakout", "--rows", "current,iqn,shipped", "--seeds", "2", "--results", str(tmp_path)])
     assert taken == [("breakout", "iqn", 0), ("breakout", "current", 1), ("breakout", "iqn", 1)]
     assert not (tmp_path / "breakout" / "shipped").exists()
+    # Each new run keeps the machine's speed, timed on the current learner just before it.
+    kept = json.loads((tmp_path / "breakout" / "iqn" / "600s" / "seed1.json").read_text())
+    assert kept["machine_updates_per_s"] == 150.0
 
 
 def test_the_table_names_shipped_once_and_judges_it_against_the_current_learner_and_the_peers(tmp_path, capsys):
     for seed, (cur, iqn, sb3) in enumerate([(20.0, 25.0, 5.0), (22.0, 21.0, 6.0), (18.0, 30.0, 4.0)]):
-        store(tmp_path, "breakout", "current", seed, cur)
-        store(tmp_path, "breakout", "iqn", seed, iqn)
+        store(tmp_path, "breakout", "current", seed, cur, speed=None if seed == 0 else 150.0)
+        store(tmp_path, "breakout", "iqn", seed, iqn, speed=None if seed == 0 else 148.0)
         store(tmp_path, "breakout", "sb3", seed, sb3)
     minatar.main(["--table", "--games", "breakout", "--rows", "current,iqn,shipped,sb3", "--results", str(tmp_path)])
     out = capsys.readouterr().out
     assert "| iqn = shipped | 25.00 | 3 | 25.0 / 21.0 / 30.0 |" in out
+    assert "| – / 148 / 148 |" in out  # the machine's speed per seed; none stored for the first
     assert out.count("shipped") == 1 + 2  # its row, then one verdict per baseline present
     assert "shipped > current: yes" in out and "shipped > sb3: yes" in out and "tianshou" not in out
 
