@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import table
@@ -161,7 +162,7 @@ def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
     return "".join(out)
 
 
-def learner_step(row: str):
+def learner_step(row: str) -> Callable[[], None]:
     """One update of `row`'s learner (forward, loss, backward, Adam) on a random MinAtar Breakout batch,
     as a function to call, on one torch thread."""
     import torch
@@ -195,7 +196,7 @@ def learner_step(row: str):
     return step
 
 
-def rate(step, seconds: float) -> float:
+def rate(step: Callable[[], None], seconds: float) -> float:
     """Calls per second of `step` over `seconds`, after 5 calls to warm it."""
     for _ in range(5):
         step()
