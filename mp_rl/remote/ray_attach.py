@@ -162,7 +162,10 @@ class RayAttach:
             if self.watch in ready:
                 return self._ingest_died()
             for ref in ready:
-                code |= self._ended(ref)
+                try:
+                    code |= self._ended(ref)
+                except self.ray.exceptions.RayActorError:  # the release found the ingest dead: Ray can
+                    return self._ingest_died()  # report an actor's end before the ingest's own
             if self.asked and retired_at is None:
                 retired_at = time.monotonic()
                 ray.get(self.ingest.retire.remote())
@@ -176,21 +179,27 @@ class RayAttach:
         return code
 
     def _ended(self, ref) -> int:
-        key = self.runs.pop(ref)
+        """An actor's run returned: report it and free its slot. RayActorError when the ingest is dead
+        (the actor stays counted in `runs`, as one the ingest's death stopped)."""
+        key = self.runs[ref]
         try:
             out = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:  # its node died (or its process)
+            self.runs.pop(ref)
             self._lost(key, f"its node or process died ({type(exc).__name__})")
             return 0  # the run goes on without it: not a failure of the attach
         except self.ray.exceptions.RayTaskError as exc:
+            self.runs.pop(ref)
             self._lost(key, str(exc).strip().splitlines()[-1])
             return 1
+        if out["slot"] is not None:
+            self.ray.get(self.ingest.release.remote(key, out["ended"]))
+        self.runs.pop(ref)
         self.results.append(out)
         if out["slot"] is None:  # it started after Ctrl-C (fine), or found the run full or ending
             if not self.asked:
                 print(f"mp_rl.attach: a Ray actor on {out['host']} did not join: {out['ended']}", flush=True)
             return 0 if self.asked else 1
-        self.ray.get(self.ingest.release.remote(key, out["ended"]))
         return 0 if out["ended"] != "the ingest is gone" else 1
 
     def _lost(self, key: int, why: str) -> None:
@@ -203,7 +212,7 @@ class RayAttach:
 
     def _ingest_died(self) -> int:
         try:
-            self.ray.get(self.watch)
+            self.ray.get(self.watch, timeout=30)  # Ray may not have seen the death yet when a release did
             why = "it closed"
         except self.ray.exceptions.RayError as exc:
             why = type(exc).__name__
