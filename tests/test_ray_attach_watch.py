@@ -67,13 +67,14 @@ GONE = {"slot": 3, "host": "node", "steps": 10, "ended": "the ingest is gone"}
 
 
 @pytest.mark.parametrize(
-    "order",
-    [["watch"], ["run-0", "watch"], ["run-0", "run-1", "watch"]],
-    ids=["the-ingest-first", "an-actor-first", "both-actors-first"],
+    ("order", "asked"),
+    [(["watch"], 0), (["run-0", "watch"], 0), ([], 1)],
+    ids=["the-ingest-first", "an-actor-first", "ctrl-c-first"],
 )
-def test_a_dead_ingest_ends_the_watch_with_one_line_and_code_1_whichever_ray_reports_first(order, capsys):
+def test_a_dead_ingest_ends_the_watch_with_one_line_and_code_1_whichever_ray_reports_first(order, asked, capsys):
     replies = {"watch": RayActorError("gone"), "run-0": GONE, "run-1": {**GONE, "slot": 4}}
     attach = watching(order, replies)
+    attach.asked = asked  # Ctrl-C: the loop asks the (dead) ingest to retire every actor
     assert attach.watch_until_done() == 1
     said = [line for line in capsys.readouterr().out.splitlines() if "ingest" in line]
     assert len(said) == 1 and "died" in said[0], said

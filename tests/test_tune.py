@@ -197,9 +197,9 @@ def test_tune_cli_searches_then_a_second_start_only_probes(tmp_path):
     entry = tmp_path / "cache" / "mp_rl" / f"autotune-{cold['key']}.json"
     assert json.loads(entry.read_text())["point"] == cold["point"]  # plain JSON a user can read
     warm = tune_cli()
-    assert warm["probe"]["point"] == cold["point"], "a cached start probes the recorded point first"
+    assert warm["probe"] and warm["probe"]["point"] == cold["point"], "a cached start probes the recorded point first"
     if warm["searched"]:  # the documented fallback, seen on a busy 2-core box: the probe ran clearly slower
-        assert warm["probe"]["rate"] < autotune.SLOWER * cold["rate"], warm
+        assert warm["probe"]["rate"] <= autotune.SLOWER * cold["rate"], warm
     else:
         assert warm["trials"] == [] and warm["point"] == cold["point"]
 

@@ -168,14 +168,20 @@ class RayAttach:
                     return self._ingest_died()  # report an actor's end before the ingest's own
             if self.asked and retired_at is None:
                 retired_at = time.monotonic()
-                ray.get(self.ingest.retire.remote())
+                try:
+                    ray.get(self.ingest.retire.remote())
+                except ray.exceptions.RayActorError:  # Ctrl-C as the ingest died
+                    return self._ingest_died()
             if retired_at is not None and time.monotonic() - retired_at > RETIRE_GRACE_S + 10:
                 for ref, key in list(self.runs.items()):  # an actor that did not finish in time
                     ray.kill(self.actors[key])
                     self._lost(key, "did not detach in time")
                     self.runs.pop(ref)
                 code = 1
-        ray.get(self.ingest.close.remote())
+        try:
+            ray.get(self.ingest.close.remote())
+        except ray.exceptions.RayActorError:  # it died as the last actor ended
+            return self._ingest_died()
         return code
 
     def _ended(self, ref) -> int:
