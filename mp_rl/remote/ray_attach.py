@@ -156,32 +156,29 @@ class RayAttach:
 
     def watch_until_done(self) -> int:
         """Until every actor has ended; 1 when the ingest died or an actor did not end cleanly."""
+        try:
+            return self._watch()
+        except self.ray.exceptions.RayActorError:  # a call on the ingest found it dead: Ray may report an
+            return self._ingest_died()  # actor's end, or we may retire or close, before the watch fails
+
+    def _watch(self) -> int:
         ray, retired_at, code = self.ray, None, 0
         while self.runs:
             ready, _ = ray.wait([*self.runs, self.watch], num_returns=1, timeout=0.5)
             if self.watch in ready:
                 return self._ingest_died()
             for ref in ready:
-                try:
-                    code |= self._ended(ref)
-                except self.ray.exceptions.RayActorError:  # the release found the ingest dead: Ray can
-                    return self._ingest_died()  # report an actor's end before the ingest's own
+                code |= self._ended(ref)
             if self.asked and retired_at is None:
                 retired_at = time.monotonic()
-                try:
-                    ray.get(self.ingest.retire.remote())
-                except ray.exceptions.RayActorError:  # Ctrl-C as the ingest died
-                    return self._ingest_died()
+                ray.get(self.ingest.retire.remote())
             if retired_at is not None and time.monotonic() - retired_at > RETIRE_GRACE_S + 10:
                 for ref, key in list(self.runs.items()):  # an actor that did not finish in time
                     ray.kill(self.actors[key])
                     self._lost(key, "did not detach in time")
                     self.runs.pop(ref)
                 code = 1
-        try:
-            ray.get(self.ingest.close.remote())
-        except ray.exceptions.RayActorError:  # it died as the last actor ended
-            return self._ingest_died()
+        ray.get(self.ingest.close.remote())
         return code
 
     def _ended(self, ref) -> int:
