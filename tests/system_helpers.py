@@ -62,7 +62,10 @@ class LiveRun:
     def __init__(self, runs_dir: Path, *args: str, env: dict | None = None, cwd: Path = REPO):
         self.runs_dir = Path(cwd) / runs_dir  # runs_dir may be relative to `cwd`, as a user would write it
         self.before = set(self.runs_dir.glob("*"))
-        cmd = [sys.executable, "-m", "mp_rl.run", *args, f"run.runs_dir={runs_dir}"]
+        # No training report at stop (2 s of plotting, at every clean stop) unless a test asks for one, as
+        # test_system.py's resume test does.
+        report = [] if any(a.startswith("logging.report=") for a in args) else ["logging.report=false"]
+        cmd = [sys.executable, "-m", "mp_rl.run", *args, *report, f"run.runs_dir={runs_dir}"]
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})  # fmt: skip
         self.run_dir = wait_for(self._run_dir, 60, "the run folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -86,8 +87,9 @@ def test_each_estimate_is_within_a_fifth_of_what_a_live_run_measures(live):
     for name, run in runs.items():  # an evaluation has run too: every buffer is at its working size
         wait_for(lambda r=run: any(m.get("eval_return") is not None for m in r.metrics()), 60, f"{name}'s evaluation")
     measured = {name: _measure(run) for name, run in runs.items()}
-    for run in runs.values():
-        assert run.stop(60)[0] == 0
+    for run in runs.values():  # stopped side by side: each writes its checkpoint and saves its replay
+        run.proc.send_signal(signal.SIGINT)
+    assert all(run.wait(60)[0] == 0 for run in runs.values())
     report, off = [], []
     for name, (got, at) in measured.items():
         args = {"config": LIVE[name][0], "overrides": list(LIVE[name][1:]), "point": at}

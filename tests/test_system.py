@@ -143,7 +143,7 @@ def test_cleanup_never_touches_a_live_run(live):
 
 
 def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
-    first = live("--config", "configs/smoke.yaml", "run.total_env_steps=3000")
+    first = live("--config", "configs/smoke.yaml", "run.total_env_steps=3000", "logging.report=true")
     rc, out, err = first.wait(timeout=120)
     assert rc == 0, err
     before = json.loads((first.run_dir / "summary.json").read_text())
@@ -151,9 +151,12 @@ def test_resume_continues_counters_from_the_checkpoint(live, tmp_path):
     assert f"training report: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "final greedy evaluation" in (first.run_dir / "training_summary.txt").read_text()
     assert [json.loads(ln)["loss"] > 0 for ln in (first.run_dir / "learner.jsonl").read_text().splitlines()]
-    cmd = [sys.executable, "-m", "mp_rl.run", "--resume", str(first.run_dir), "run.total_env_steps=6000"]
+    png.unlink()  # the resumed run is told to write no report: it must not write one
+    cmd = [sys.executable, "-m", "mp_rl.run", "--resume", str(first.run_dir), "run.total_env_steps=6000",
+           "logging.report=false"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert "training report" not in proc.stdout and not png.exists()
     after = json.loads((first.run_dir / "summary.json").read_text())
     assert after["env_steps"] >= 6000 and after["updates"] > before["updates"] > 0
     assert "resumed from" in (first.run_dir / "logs" / "learner.log").read_text()

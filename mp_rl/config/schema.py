@@ -263,6 +263,11 @@ class MonitorConfig(_Section):
 class LoggingConfig(_Section):
     status_every_s: float = Field(5.0, gt=0, description="Seconds between status lines.")
     checkpoint_every: int = Field(10_000, ge=1, description="Updates between checkpoints.")
+    report: bool = Field(
+        True,
+        description="Write training_report.png and training_summary.txt into the run folder when the run stops "
+        "(about 2 s; `python -m mp_rl.report` writes them later from the same files).",
+    )
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs tensorboard).")
     torch_profile: bool = Field(False, description="Profile the learner with torch.profiler (into <run>/profile).")
     torch_profile_schedule: tuple[Count, Count, Count] = Field(

@@ -104,7 +104,7 @@ class Supervisor:
             out.close()
         if final:
             write_json_atomic(RunFolder(self.run_dir).summary_file, final)
-        if not self.stop_when_tuned:  # a tuning run trains nothing worth a report
+        if self.cfg.logging.report and not self.stop_when_tuned:  # a tuning run trains nothing worth a report
             self._report()
         return 1 if self.error else 0
 
