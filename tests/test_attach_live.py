@@ -175,12 +175,21 @@ def test_attached_actors_leave_with_the_run_and_cannot_join_an_ended_one_or_over
     assert proc.returncode == 2 and "has ended" in err and len(err.strip().splitlines()) == 1, err
 
 
+def without_torch(*args: str) -> subprocess.CompletedProcess:
+    """`python -m args` that must never import torch (the read-only tools; `test_tools_start.py`)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines()), f"{args[0]} imported torch"
+    return done
+
+
 def test_inspect_reads_a_live_ring_without_touching_it(live):
+    """inspect reads rows and stats of a live ring and changes nothing; it, status and cleanup read a live
+    run without importing torch."""
     run = live(*RUN)
     wait_for(lambda: run.metrics() and run.metrics()[-1]["replay_size"] > 1000, 60, "rows in the ring")
-    cmd = [sys.executable, "-m", "mp_rl.tools.inspect", str(run.run_dir), "--json", "--rows", "3"]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = without_torch("mp_rl.tools.inspect", str(run.run_dir), "--json", "--rows", "3")
     s = json.loads(done.stdout)
     assert s["rows_read"] > 1000 and len(s["rows"]) == 3 and set(s["actions"]) <= {"0", "1"}  # JSON keys
     assert s["reward"]["min"] == pytest.approx(1 + 0.99 + 0.99**2, rel=1e-4)  # CountingEnv: 3-step returns of 1
@@ -191,6 +200,9 @@ def test_inspect_reads_a_live_ring_without_touching_it(live):
     text = subprocess.run([sys.executable, "-m", "mp_rl.tools.inspect", str(run.run_dir)], cwd=REPO,
                           capture_output=True, text=True, timeout=60).stdout  # fmt: skip
     assert "replay" in text and "newest rows:" in text
+    status = without_torch("mp_rl.tools.status", str(run.run_dir), "--json", "--count", "1", "--interval", "0.2")
+    assert json.loads(status.stdout)["run_id"] == run.run_id
+    assert run.run_id in without_torch("mp_rl.tools.cleanup").stdout
     rc, _, err = run.stop(timeout=30)
     assert rc == 0, err
 

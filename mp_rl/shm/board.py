@@ -15,17 +15,24 @@ integers (`SHAPE_WORDS`; the first is their count) written with the weights, bef
 mark. A reader names the shape it can take; a slot of another shape is never copied
 (`read_into` returns what it had), so the reader rebuilds its network for `latest_shape()` and reads
 again: no policy ever holds a mix of two layouts.
+
+torch is imported where a tensor is first needed, not with the module: the tools that only read a
+run's counters (status, inspect, cleanup, attach's own process) attach the board without it, and so
+start in a fraction of a second instead of the seconds torch's import takes.
 """
 
 from __future__ import annotations
 
 import time
-
-import torch
-from torch import nn
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from mp_rl.shm import atomics
 from mp_rl.shm.segment import Layout, Segment
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SHAPE_WORDS = 16  # per slot: the weights' parameter count, then up to 15 integers describing their layout
 
@@ -35,6 +42,8 @@ def flatten_parameters(module: nn.Module) -> torch.Tensor:
 
     Afterwards one `flat.copy_(src)` updates every parameter: pickup is one memcpy.
     """
+    import torch
+
     params = list(module.parameters())
     device = params[0].device
     flat = torch.empty(sum(p.numel() for p in params), dtype=torch.float32, device=device)
@@ -57,10 +66,17 @@ class WeightBoard:
         self._words, self._marks, self._shapes = v["words"], v["marks"], v["shapes"]
         self.version_addr = atomics.address_of(v["words"])
         self.mark_addr = [atomics.address_of(v["marks"], 0), atomics.address_of(v["marks"], 8)]
-        self.slots = [torch.from_numpy(v["slots"][i]) for i in range(2)]
+        self._slot_arrays = v["slots"]
         self._pinned = False
         self._pending: tuple[int, torch.cuda.Event] | None = None  # a CUDA publish whose copy is in flight
         self.retries = 0
+
+    @cached_property
+    def slots(self) -> list[torch.Tensor]:
+        """The two slots as tensors over the shared memory (no copy), made on first use."""
+        import torch
+
+        return [torch.from_numpy(self._slot_arrays[i]) for i in range(2)]
 
     @staticmethod
     def layout_for(numel: int) -> Layout:
@@ -93,6 +109,8 @@ class WeightBoard:
         cudaHostRegister on the shared mapping itself: the publish's device-to-host copy is then one
         DMA straight into shared memory. Flag 1 is cudaHostRegisterPortable (pinned for every context).
         """
+        import torch
+
         if self._pinned or not torch.cuda.is_available():
             return self._pinned
         ptr, nbytes = self.slots[0].data_ptr(), 2 * self.numel * 4
@@ -102,6 +120,8 @@ class WeightBoard:
 
     def unpin(self) -> None:
         if self._pinned:
+            import torch
+
             torch.cuda.cudart().cudaHostUnregister(self.slots[0].data_ptr())
             self._pinned = False
 
@@ -133,6 +153,8 @@ class WeightBoard:
         self._shapes[s] = 0
         self._shapes[s, : len(shape) + 1] = (n, *shape)  # inside the odd window, like the weights
         if flat.is_cuda:
+            import torch
+
             self.slots[s][:n].copy_(flat.detach(), non_blocking=self._pinned)
             done = torch.cuda.Event()
             done.record()

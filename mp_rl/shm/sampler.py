@@ -16,13 +16,14 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from mp_rl.shm import atomics
 from mp_rl.shm.frames import FrameGather, stack_indices
 from mp_rl.shm.ringspec import RingClosed
 
 if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs it at run time
+    import torch  # imported by a sampler's constructor: the tools that read the ring start without it
+
     from mp_rl.shm.ring import ReplayRing
 
 
@@ -47,6 +48,8 @@ class RingSampler:
         self, ring: ReplayRing, max_batch: int, pin_memory: bool = False, seed: int | None = None,
         priorities: Prioritized | None = None,
     ):  # fmt: skip
+        import torch
+
         self.ring, self.max_batch, self.priorities = ring, max_batch, priorities
         pin = pin_memory and torch.cuda.is_available()
         self.out = {

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from setproctitle import setproctitle
 
 from mp_rl.agent.envspec import EnvSpec
@@ -129,6 +128,8 @@ def pin(cfg: Config, actor_index: int | None) -> None:
 
 
 def actor_main(a: ActorArgs) -> None:
+    import torch  # here, not with the module: attach's own process takes `title` from it without torch
+
     from mp_rl.agent.actor import Actor
 
     log = child_setup(Path(a.run_dir), Path(a.run_dir).name, f"actor-{a.index}", a.parent_pid)
