@@ -89,7 +89,9 @@ def test_each_estimate_is_within_a_fifth_of_what_a_live_run_measures(live):
     measured = {name: _measure(run) for name, run in runs.items()}
     for run in runs.values():  # stopped side by side: each writes its checkpoint and saves its replay
         run.proc.send_signal(signal.SIGINT)
-    assert all(run.wait(60)[0] == 0 for run in runs.values())
+    for name, run in runs.items():
+        rc, _, err = run.wait(60)
+        assert rc == 0, f"{name} exited {rc}: {err[-800:]}"
     report, off = [], []
     for name, (got, at) in measured.items():
         args = {"config": LIVE[name][0], "overrides": list(LIVE[name][1:]), "point": at}

@@ -232,7 +232,9 @@ class WeightBoard:
     def close(self) -> None:
         self.flush()
         self.unpin()
-        self.slots = self._words = self._marks = self._shapes = None
+        # Every view of the mapping is dropped before it goes: a numpy view does not pin an mmap, and one
+        # kept past close() would read freed pages.
+        self.slots = self._slot_arrays = self._words = self._marks = self._shapes = None
         self.segment.close()
 
     def destroy(self) -> None:

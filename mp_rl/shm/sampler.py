@@ -21,8 +21,10 @@ from mp_rl.shm import atomics
 from mp_rl.shm.frames import FrameGather, stack_indices
 from mp_rl.shm.ringspec import RingClosed
 
-if TYPE_CHECKING:  # the ring constructs its samplers; this module never needs it at run time
-    import torch  # imported by a sampler's constructor: the tools that read the ring start without it
+if TYPE_CHECKING:
+    # torch is imported by a sampler's constructor, not with the module: the tools that read the ring
+    # (inspect) start without it. The ring constructs its samplers; this module never needs it at run time.
+    import torch
 
     from mp_rl.shm.ring import ReplayRing
 
