@@ -51,11 +51,13 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN at 3 samples per insert, not 4: its updates cost 1 / 0.76 of current's (one thread), so this
     # aims at as many env steps per second as current. Tried on Freeway and dropped (`TRIED`).
     "iqn_ratio3": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.samples_per_insert=3"]),
+    # IQN with prioritized replay (Rainbow's and BTR's sampling): screened on Freeway, where IQN loses.
+    "iqn_per": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.prioritized=true"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
 }
-TRIED = {"iqn_ratio3"}  # tried on one game and dropped (docs/benchmarks.md): run and shown only when named
+TRIED = {"iqn_ratio3", "iqn_per"}  # tried on one game and dropped (docs/benchmarks.md): run and shown only when named
 MAX_STEPS = 27_000  # an evaluation episode's cut, as `benchmarks.learning` has it for MinAtar
 
 
