@@ -80,8 +80,8 @@ def loss_terms(
     """(loss, each row's TD error, mean Q) of a batch: importance-weighted where the batch carries
     weights. The TD error is what a row's priority follows; for quantiles it is the target distribution's
     mean less the predicted one's, not the row's quantile loss: that loss also counts the spread of the
-    return itself, which no learning removes, and prioritized replay by it drew IQN to the rows where a
-    car may or may not hit on MinAtar Freeway (greedy 42 against 56; docs/replay.md)."""
+    return itself, which no learning removes, so prioritized replay by it would keep drawing the rows
+    whose outcome is uncertain however well they are learned (docs/replay.md)."""
     rows, device = b["obs"].shape[0], b["obs"].device
     implicit = spec.algo == "iqn"
     taus = sample_taus(rows, spec.n_quantiles, device) if implicit else None
