@@ -81,30 +81,3 @@ def minimisers(truth: torch.Tensor, n: int) -> np.ndarray:
         losses = quantile_huber(pred, truth.expand(len(grid), -1))  # the other levels add a constant
         out.append(float(grid[losses.argmin()]))
     return np.array(out)
-
-
-class _Spread(torch.nn.Module):
-    """A fake quantile network: every action's quantiles alternate mean - 1, mean + 1 (a spread return)
-    around each row's `means`, whatever the fractions asked for (QR-DQN's N, or IQN's sampled ones)."""
-
-    def __init__(self, means: list[float], n: int = 8, actions: int = 2):
-        super().__init__()
-        self.means, self.n, self.actions = torch.tensor(means), n, actions
-
-    def forward(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
-        n = self.n if taus is None else taus.shape[1]
-        signs = torch.tensor([-1.0, 1.0]).repeat(n // 2)
-        return (self.means.view(-1, 1, 1) + signs.view(1, 1, -1)).expand(-1, self.actions, -1)
-
-
-@pytest.mark.parametrize("algo", ["qr_dqn", "iqn"])
-def test_a_rows_priority_is_the_td_error_of_its_mean_not_the_spread_of_its_return(algo):
-    """Row 0 has learned its return exactly: a spread one, which no learning narrows. Its priority must be
-    0; the quantile loss (still the loss) stays above 0 there. Row 1's mean is 1 too high: priority 1."""
-    from mp_rl.agent.losses import LossSpec, loss_terms
-
-    batch = {"obs": torch.zeros(2, 3), "next_obs": torch.zeros(2, 3), "action": torch.zeros(2, dtype=torch.long),
-             "reward": torch.zeros(2), "discount": torch.ones(2)}  # fmt: skip
-    loss, td, _ = loss_terms(_Spread([0.0, 1.0]), _Spread([0.0, 0.0]), batch, LossSpec(algo, n_quantiles=8))
-    assert td.tolist() == pytest.approx([0.0, -1.0])
-    assert loss.item() > 0.1

@@ -162,8 +162,8 @@ class Learner:
         return self.feed.get(timeout)
 
     def loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss (importance-weighted when prioritized) and each row's TD error (for quantiles,
-        of the distributions' means), the magnitude its priority follows."""
+        """The batch's loss (importance-weighted when prioritized) and each row's TD error (QR-DQN: its
+        quantile loss, the magnitude its priority follows)."""
         loss, td, _ = self._losses(b)
         return loss, td
 

@@ -78,10 +78,7 @@ def loss_terms(
     online: nn.Module, target: nn.Module, b: dict[str, torch.Tensor], spec: LossSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(loss, each row's TD error, mean Q) of a batch: importance-weighted where the batch carries
-    weights. The TD error is what a row's priority follows; for quantiles it is the target distribution's
-    mean less the predicted one's, not the row's quantile loss: that loss also counts the spread of the
-    return itself, which no learning removes, so prioritized replay by it would keep drawing the rows
-    whose outcome is uncertain however well they are learned (docs/replay.md)."""
+    weights; for quantiles the TD error is the row's quantile loss, the magnitude its priority follows."""
     rows, device = b["obs"].shape[0], b["obs"].device
     implicit = spec.algo == "iqn"
     taus = sample_taus(rows, spec.n_quantiles, device) if implicit else None
@@ -97,7 +94,7 @@ def loss_terms(
     if out.dim() == 3:  # quantiles (B, A, N): against the whole target distribution
         z = quantiles.pick(out, b["action"]).float()
         per_row = quantiles.quantile_huber(z, y, taus=taus)
-        td, q_mean = (y.mean(dim=1) - z.mean(dim=1)).detach(), z.detach().mean()
+        td, q_mean = per_row.detach(), z.detach().mean()
     else:
         q = out.gather(1, b["action"].long().unsqueeze(1)).squeeze(1).float()
         per_row = F.smooth_l1_loss(q, y, reduction="none")
