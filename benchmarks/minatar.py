@@ -59,12 +59,14 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "current_per": (CURRENT, ["replay.prioritized=true"]),
     # IQN at batch 128: 1.3 times iqn's rows per second (fewer, larger updates), a less noisy gradient.
     "iqn_b128": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.batch_size=128"]),
+    # QR-DQN (fixed midpoints, no fraction embedding): distributional at current's cost.
+    "qr_dqn": (CURRENT, ["learner.algo=qr_dqn", "learner.n_quantiles=32"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
 }
 # Screened on Freeway and dropped (docs/benchmarks.md): run and shown only when `--rows` names them.
-TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128"}
+TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128", "qr_dqn"}
 MAX_STEPS = 27_000  # an evaluation episode's cut, as `benchmarks.learning` has it for MinAtar
 
 
