@@ -61,12 +61,15 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "iqn_b128": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.batch_size=128"]),
     # QR-DQN (fixed midpoints, no fraction embedding): distributional at current's cost.
     "qr_dqn": (CURRENT, ["learner.algo=qr_dqn", "learner.n_quantiles=32"]),
+    # IQN at half the learning rate: a less noisy mean (Freeway's action gaps are small) for fewer
+    # steps' progress.
+    "iqn_lr25": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.lr=0.00025"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
 }
 # Screened on Freeway and dropped (docs/benchmarks.md): run and shown only when `--rows` names them.
-TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128", "qr_dqn"}
+TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128", "qr_dqn", "iqn_lr25"}
 MAX_STEPS = 27_000  # an evaluation episode's cut, as `benchmarks.learning` has it for MinAtar
 
 
