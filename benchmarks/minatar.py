@@ -9,8 +9,9 @@ A game is a MinAtar short name (breakout, asterix, freeway, seaquest, space_inva
 Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and Munchausen
 (`configs/minatar_breakout.yaml`, Double/Dueling DQN, with only `env.id` changed); `iqn`,
 `munchausen` and `impala` add one piece each to it, `iqn_munchausen` two; `iqn_ratio3` is `iqn` at
-3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, and `current_per`
-is `current` with it (the rows in `TRIED` were screened on Freeway and run only when named);
+3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, `current_per`
+is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
+rows in `TRIED` were screened on Freeway and run only when named);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings
