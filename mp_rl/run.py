@@ -25,6 +25,7 @@ from mp_rl.shm import ringsave
 from mp_rl.shm.manifest import AttachError, owner_alive, read_manifest
 from mp_rl.shm.segment import SegmentError
 from mp_rl.start.preflight import StartError, new_run_dir, plan
+from mp_rl.system.entrypoints import leave
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -162,4 +163,4 @@ def start(run_plan, run_dir: Path, ckpt: Path | None, state: dict | None, counte
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # main returns once the members are joined and the segments unlinked

@@ -21,7 +21,15 @@ import psutil
 from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
-from mp_rl.system.entrypoints import ActorArgs, LearnerArgs, MonitorArgs, actor_main, learner_main, monitor_main
+from mp_rl.system.entrypoints import (
+    ActorArgs,
+    LearnerArgs,
+    MonitorArgs,
+    actor_main,
+    learner_main,
+    monitor_main,
+    run_member,
+)
 from mp_rl.system.lifecycle import apply_capacity
 
 log = logging.getLogger("mp_rl.supervisor")
@@ -121,7 +129,7 @@ class Crew:
         else:
             seed = self.cfg.run.seed + 1000 * m.restarts + m.index
             target, args = actor_main, ActorArgs(**base, index=m.index, count=self.plan.epsilons_for, seed=seed)
-        m.process = self.ctx.Process(target=target, args=(args,), name=m.name)
+        m.process = self.ctx.Process(target=run_member, args=(target, args), name=m.name)
         self.shared.control.heartbeat(m.slot)  # a fresh member gets a full timeout to start
         m.process.start()
         m.started, m.restart_at = time.monotonic(), None
