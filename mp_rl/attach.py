@@ -53,7 +53,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
     import torch  # after the handlers: a Ctrl-C during these imports is remembered too
 
     from mp_rl.agent.actor import Actor
-    from mp_rl.system.entrypoints import child_setup, env_spec_of
+    from mp_rl.system.entrypoints import child_setup, env_spec_of, leave
 
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -90,6 +90,7 @@ def attached_actor_main(run_dir: str, overrides: list[str], cpus: list[int] | No
             shared.ring.void_member(slot + 1)  # a block it could not finish is never stamped
             control.leave(slot)
         shared.close()
+    leave(0)  # detached: the interpreter's teardown would only hold up `attach`, which waits for us
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,13 @@ class Evaluator:
     def describe(self) -> str:
         return "" if self.last is None else f"eval {self.last:.1f} (best {self.best:.1f})"
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel a periodic evaluation in flight and wait for it: it reads the shared segments, which
+        are unmapped next, and may be writing best.pt."""
+        self.cancel.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
     def final(self, timeout: float = 600.0) -> dict | None:
         """Evaluate the newest weights once more, after the learner has stopped. None when there are
         none yet, or when `cancel` is set (a second Ctrl-C) before or during it."""

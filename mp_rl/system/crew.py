@@ -238,8 +238,13 @@ class Crew:
                     break
                 for p in alive:
                     p.join(0.05)
+        # A killed member is gone once the kernel has freed what it held (pinned or CUDA memory takes a
+        # while): wait for that, bounded, so that a run started next finds it free.
+        end = time.monotonic() + 10.0
         for p in procs:
-            p.join(1.0)
+            p.join(max(0.0, end - time.monotonic()))
+            if p.is_alive():
+                log.warning("%s (pid %d) still alive after it was killed", p.name, p.pid)
         for m in self.members.values():
             if m.process is not None and m.process.exitcode is not None:
                 self.shared.control.leave(m.slot)

@@ -8,6 +8,7 @@ stop the others in order.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -42,9 +43,10 @@ def run_member(main: Callable[[Spawn], None], args: Spawn) -> None:
 def leave(code: int) -> NoReturn:
     """Exit now, without the interpreter's teardown: freeing torch's modules and objects takes about a
     second on a small machine, and a stop waits for every member's exit. Only where the work is done:
-    segments closed, children joined, files written. Logging's files and the standard streams are
-    flushed here; mp_rl registers nothing at exit."""
-    logging.shutdown()
+    segments closed, children joined, files written. What registered to run at exit still runs (a
+    user's env module, logging's flush, multiprocessing's join of children), then the standard
+    streams are flushed."""
+    atexit._run_exitfuncs()  # the public atexit has no other way to run them, and os._exit skips them
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe (`| head -1`) must not change the exit code
             stream.flush()

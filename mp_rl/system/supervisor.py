@@ -164,6 +164,8 @@ class Supervisor:
         try:
             return self._stop_and_report(out)
         finally:
+            if self.evaluator is not None:  # after an error or a second Ctrl-C, one may still be running
+                self.evaluator.close()
             self.shared.close()  # unlink every segment we created, whatever happened above
 
     def _stop_and_report(self, out: StatusOutput) -> dict | None:
