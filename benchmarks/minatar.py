@@ -65,6 +65,9 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN at half the learning rate: a less noisy mean (Freeway's action gaps are small) for fewer
     # steps' progress.
     "iqn_lr25": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.lr=0.00025"]),
+    # IQN with a 5x replay (500k): once Freeway's policy is good its buffer holds little else, and the
+    # greedy choice between actions the data no longer shows can drift; an older, wider buffer keeps them.
+    "iqn_cap500k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=500000"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
