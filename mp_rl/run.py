@@ -14,11 +14,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mp_rl.cli import owner_only
+from mp_rl.system import forks
+
+if __name__ == "__main__":  # before torch: the members' fork server imports it on another core meanwhile
+    owner_only()  # first: the members are forks of the server, and inherit its umask
+    forks.start()
+
 import torch
 
 from mp_rl.agent import checkpoint, growth
 from mp_rl.agent.models import q_network
-from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail, owner_only
+from mp_rl.cli import TRUST_FLAG, TRUST_HELP, check_imports, config_parser, fail
 from mp_rl.config import ConfigError, dump_config, load_config
 from mp_rl.runfolder import CHECKPOINTS, CONFIG, LOGS, RunFolder
 from mp_rl.shm import ringsave

@@ -15,7 +15,14 @@ import shutil
 import sys
 import tempfile
 
-from mp_rl.cli import config_parser, fail, owner_only
+from mp_rl.cli import owner_only
+from mp_rl.system import forks
+
+if __name__ == "__main__":  # before torch, as `mp_rl.run` does: the members' fork server imports it meanwhile
+    owner_only()  # first: the members are forks of the server, and inherit its umask
+    forks.start()
+
+from mp_rl.cli import config_parser, fail
 from mp_rl.config import ConfigError, load_config
 from mp_rl.runfolder import RunFolder
 from mp_rl.start import cache

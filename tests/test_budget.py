@@ -59,8 +59,10 @@ def _measure(run) -> tuple[dict, dict]:
             if m["kind"] in ("learner", "monitor"):
                 got[m["kind"]] = [_rss(m["pid"])]
         got["supervisor + evaluator"] = [_rss(run.proc.pid)]
-        tracker = [p for p in psutil.Process(run.proc.pid).children() if "resource_tracker" in " ".join(p.cmdline())]
-        got["resource tracker"] = [_rss(p.pid) for p in tracker]
+        helpers = {" ".join(p.cmdline()): p.pid for p in psutil.Process(run.proc.pid).children()}
+        got["resource tracker"] = [_rss(pid) for line, pid in helpers.items() if "resource_tracker" in line]
+        got["fork server"] = [_rss(pid) for line, pid in helpers.items() if "forkserver" in line]
+        assert len(got["fork server"]) == 1, f"no fork server among the supervisor's children: {list(helpers)}"
         ring = Segment.path(shared.ring.segment.name)
         got["replay"] = [os.stat(ring).st_blocks * 512]
         got["/dev/shm"] = [sum(os.stat(Segment.path(s.segment.name)).st_blocks * 512
@@ -187,7 +189,8 @@ def test_plan_cli_prints_every_component_and_a_verdict(capsys):
 
 
 def test_plan_cli_says_when_a_run_does_not_fit_and_what_would(capsys, monkeypatch):
-    monkeypatch.setattr(resources, "available_memory", lambda root=None: 2**30)
+    # 1.5 GiB: the processes' own ~1 GiB fits, with room for some replay but not the 1 GiB asked for.
+    monkeypatch.setattr(resources, "available_memory", lambda root=None: 3 * 2**29)
     args = ["--config", "configs/smoke.yaml", "replay.capacity=20000000", "replay.max_capacity=20000000"]
     assert plan_cli.main(args) == 1
     out = capsys.readouterr().out

@@ -118,9 +118,11 @@ def runs_in_shm() -> set[str]:
 def test_a_sigkilled_supervisor_takes_its_children_and_cleanup_removes_its_segments(live):
     run = live(*LONG)
     children = run.wait_members({"learner", "actor-0"})
+    server = [p for p in psutil.Process(run.proc.pid).children() if "forkserver" in " ".join(p.cmdline())]
+    assert len(server) == 1, "the members' fork server is not the supervisor's child"
     run.proc.kill()
-    run.proc.wait(10)
-    _, alive = psutil.wait_procs(list(children.values()), timeout=5)
+    run.proc.wait(10)  # the server sees its pipe close and exits; the members' death signal follows
+    _, alive = psutil.wait_procs([*children.values(), *server], timeout=5)
     assert not alive, f"children outlived the supervisor: {alive}"
     assert run.run_id in runs_in_shm()  # nobody unlinked them: that is cleanup's job
     # A run younger than reaper.STARTING_S counts as starting, whatever its owner: wait that out.

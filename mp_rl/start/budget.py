@@ -2,8 +2,9 @@
 
 `Budget.lines(point)` is the plan `python -m mp_rl.plan` prints and preflight checks: a line per
 component (replay, each actor, the learner, the weight board, the control block, the monitor, the
-supervisor with its evaluator, the resource tracker). Resident bytes are private memory (RssAnon +
-RssFile, `footprint`); shared bytes are what the component puts in /dev/shm, counted once.
+supervisor with its evaluator, the members' fork server, the resource tracker). Resident bytes are
+private memory (RssAnon + RssFile, `footprint`); shared bytes are what the component puts in /dev/shm,
+counted once.
 
 The estimates are what the code allocates, priced per byte, on top of measured per-role bases:
 - an actor: its envs (measured), the n-step builder's arrays, its network and a copy for pickups;
@@ -35,6 +36,7 @@ from mp_rl.shm.control import ControlBlock
 from mp_rl.shm.ring import RingSpec
 from mp_rl.start import resources
 from mp_rl.start.footprint import Bases, EnvCost, NetCost
+from mp_rl.system import forks
 
 HEADROOM = 0.9  # a plan may use this share of available memory / VRAM; the rest is the system's
 
@@ -145,7 +147,7 @@ class Budget:
     def actor(self, envs: int) -> Line:
         c = self.cfg
         stage = c.actors.block * sum(f.row_bytes for f in self.ring.fields)  # the one partial block an actor packs
-        ram = self.bases.actor + self.env.first + envs * self.env.each + 8 * self.net.numel
+        ram = self.bases.member("actor") + self.env.first + envs * self.env.each + 8 * self.net.numel
         ram += self.builder_bytes(envs) + stage
         envpool = c.env.backend == "envpool"
         cpu = 1.0 + 0.4 * c.env.envpool_threads if envpool else 1.0  # 1.38 cores measured at 1 thread a pool
@@ -164,10 +166,10 @@ class Budget:
         cuda = self.device != "cpu"
         host, device = staging.host_buffers(lc.prefetch, cuda), staging.device_batches(lc.prefetch)
         if not cuda:
-            ram = self.bases.learner + params + self.activations(batch, False) + host * batch * self.batch_row
+            ram = self.bases.member("learner") + params + self.activations(batch, False) + host * batch * self.batch_row
             return Line("learner", 1, ram + priorities, cpu=1.0, note=f"batch {batch}, cpu")
         # CUDA: pinned batches are allocated (and locked) whole, at the largest batch the monitor may pick.
-        base = self.bases.learner_cuda or self.bases.learner
+        base = self.bases.member("learner_cuda" if self.bases.learner_cuda else "learner")
         ram = base + host * lc.max_batch_size * self.batch_row + 4 * self.net.numel + priorities
         # On the device: no publish buffer (the publish copies the parameters' own flat tensor to the
         # pinned board), but a cuBLAS workspace per thread that multiplies: the update's own, and
@@ -186,7 +188,7 @@ class Budget:
         actor = self.actor(p.envs_per_actor)
         # The evaluator plays each of its episodes in an env of one vector env, one forward pass for all.
         n = c.eval.episodes
-        evaluator = b.learner + self.env.first + n * self.env.each + 8 * self.net.numel
+        evaluator = b.supervisor + self.env.first + n * self.env.each + 8 * self.net.numel
         evaluator += n * 4 * (self.net.inputs + self.net.activations)
         out = [
             self.replay(p.capacity),
@@ -198,8 +200,11 @@ class Budget:
             Line("supervisor + evaluator", 1, evaluator, cpu=0.1, note=f"status, metrics, {n} greedy envs"),
             Line("resource tracker", 1, b.bare, note="multiprocessing's helper process"),
         ]  # fmt: skip
+        if forks.method() == "forkserver":
+            out.insert(-1, Line("fork server", 1, b.server, note="the members' parent: torch imported once"))
         if c.monitor.enabled:
-            out.insert(5, Line("monitor", 1, b.imported, cpu=0.05, note=f"samples every {c.monitor.interval_s:g} s"))
+            monitor = b.member("imported")
+            out.insert(5, Line("monitor", 1, monitor, cpu=0.05, note=f"samples every {c.monitor.interval_s:g} s"))
         return out
 
     def grown(self) -> Budget:

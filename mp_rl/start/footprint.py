@@ -3,7 +3,9 @@
 - `bases()`: resident memory of an mp_rl process before its own data, by role, measured once per
   machine and software in a child process and cached (`cache`).
   A process that has imported torch holds ~230 MB before it owns a byte of replay; no formula knows
-  that figure for the next torch release, so it is measured.
+  that figure for the next torch release, so it is measured. Members are forks of a server that
+  imported torch (`mp_rl.system.forks`), so theirs are measured in a fork of such a process: the
+  server's pages they only read count in theirs (RssAnon) as they do on the machine's meter.
 - `env_cost(cfg.env)`: the first env (its libraries, a ROM) and each further one, measured in this process.
 - `network(spec, lc)`: parameters, and the activations one sample keeps for the backward pass.
 
@@ -15,8 +17,10 @@ that touches them.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -27,10 +31,12 @@ from torch import nn
 
 from mp_rl.agent.iqn import ACTING, ImplicitQuantiles
 from mp_rl.start import cache
+from mp_rl.system import forks
 
 # Measured on the 2-core development machine (torch 2.13, CPU): used when the child cannot run.
-FALLBACK = {"bare": 15 << 20, "imported": 237 << 20, "actor": 247 << 20, "learner": 322 << 20}
-CALIBRATION_VERSION = 1
+FALLBACK = {"bare": 15 << 20, "server": 237 << 20, "imported": 162 << 20, "actor": 176 << 20,
+            "learner": 260 << 20, "supervisor": 319 << 20}  # fmt: skip
+CALIBRATION_VERSION = 2  # 2: members forked from the fork server
 
 
 def rss() -> int:
@@ -56,11 +62,19 @@ class Bases:
     """Resident bytes of an mp_rl process by role, before its own buffers."""
 
     bare: int  # a Python interpreter with nothing imported (the multiprocessing resource tracker)
-    imported: int  # mp_rl's member modules imported (torch, numpy, gymnasium): the monitor
-    actor: int  # imported, plus inference with one torch thread
-    learner: int  # imported, plus backward and a fused Adam step on the default threads
-    learner_cuda: int | None = None  # the same on CUDA: the CUDA context's host memory included
+    server: int  # mp_rl's member modules imported (torch, numpy, gymnasium): the members' fork server
+    imported: int  # a member as forked from the server, nothing more done: the monitor
+    actor: int  # a member, plus inference with one torch thread
+    learner: int  # a member, plus backward and a fused Adam step on the default threads
+    supervisor: int  # not forked: the modules imported, inference and a training step (its evaluator)
+    learner_cuda: int | None = None  # the learner on CUDA: the CUDA context's host memory included
     measured: bool = True
+
+    def member(self, role: str) -> int:
+        """A member's base (`imported`, `actor`, `learner`, `learner_cuda`): as a fork of the server, or
+        with MP_RL_START_METHOD=spawn its own whole import, the server's pages a fork never touched too."""
+        base = getattr(self, role)
+        return base if forks.method() == "forkserver" else base + self.server - self.imported
 
 
 class CachedBases(BaseModel):
@@ -69,9 +83,11 @@ class CachedBases(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")  # the dataclass it becomes takes no other key
     bare: int = Field(gt=0)
+    server: int = Field(gt=0)
     imported: int = Field(gt=0)
     actor: int = Field(gt=0)
     learner: int = Field(gt=0)
+    supervisor: int = Field(gt=0)
     learner_cuda: int | None = Field(default=None, gt=0)
     measured: bool = True
 
@@ -88,35 +104,76 @@ print(json.dumps(footprint._child(bare)))
 
 
 def _child(bare: int) -> dict:
-    """Run inside the calibration child: each role's resident bytes after what that role does."""
+    """Run inside the calibration child: each role's resident bytes after what that role does. The
+    child stands for the fork server, then for the supervisor; a fork of it for each member."""
     out = {"bare": bare or FALLBACK["bare"]}
-    import mp_rl.system.entrypoints  # noqa: F401  what every member process imports
+    for name in forks.PRELOAD:
+        importlib.import_module(name)
+    out["server"] = rss()
+    out |= _in_a_fork(_member)
+    _infer()
+    _train("cpu")
+    out["supervisor"] = rss()
+    return out
 
-    out["imported"] = rss()
+
+def _member() -> dict:
+    """A member's roles, in order, in one process: each adds its work to the last one's."""
+    out = {"imported": rss()}
+    _infer()
+    out["actor"] = rss()
+    _train("cpu")
+    out["learner"] = rss()
+    if torch.cuda.is_available():  # here, in the fork: the server must never initialise CUDA
+        _train("cuda")
+        out["learner_cuda"] = rss()
+    return out
+
+
+def _in_a_fork(measure) -> dict:
+    """`measure()` in a fork of this process, its answer back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork: answer, then leave without this interpreter's teardown or atexit
+        code = 1
+        try:
+            os.close(r)
+            os.write(w, json.dumps(measure()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("the forked calibration failed")
+    return json.loads(data)
+
+
+_NET = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def _infer() -> None:
+    """An actor's work: inference on one torch thread."""
     threads = torch.get_num_threads()
-    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
     torch.set_num_threads(1)
     with torch.no_grad():
         for _ in range(20):
-            net(torch.randn(16, 8))
-    out["actor"] = rss()
+            _NET(torch.randn(16, 8))
     torch.set_num_threads(threads)
+
+
+def _train(device: str) -> None:
+    """A learner's work: backward and a fused Adam step, on the default threads."""
+    net = copy.deepcopy(_NET).to(device)
     opt = torch.optim.Adam(net.parameters(), fused=True)
-    for _ in range(20):
+    for _ in range(20 if device == "cpu" else 5):
         opt.zero_grad()
-        net(torch.randn(64, 8)).square().mean().backward()
+        net(torch.randn(64, 8, device=device)).square().mean().backward()
         opt.step()
-    out["learner"] = rss()
-    if torch.cuda.is_available():
-        net = net.cuda()
-        opt = torch.optim.Adam(net.parameters(), fused=True)
-        for _ in range(5):
-            opt.zero_grad()
-            net(torch.randn(64, 8, device="cuda")).square().mean().backward()
-            opt.step()
+    if device == "cuda":
         torch.cuda.synchronize()
-        out["learner_cuda"] = rss()
-    return out
 
 
 def _key() -> str:

@@ -27,6 +27,7 @@ from mp_rl.shm.sync import RateLimit, RateLimitError
 from mp_rl.start import footprint, resources, sizing
 from mp_rl.start.budget import Budget, Limits, Point, gib, learner_device
 from mp_rl.start.sizing import Sizing
+from mp_rl.system import forks
 
 
 class StartError(ValueError):
@@ -116,6 +117,9 @@ def plan(cfg: Config, check: bool = True) -> Plan:
     `check` is off (`python -m mp_rl.plan` shows such a plan, with `Plan.problems`)."""
     if cfg.learner.device == "cuda" and not torch.cuda.is_available():
         raise StartError("learner.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    if forks.method() not in forks.METHODS:
+        raise StartError(f"MP_RL_START_METHOD={forks.method()}: no such start method "
+                         f"(one of {', '.join(forks.METHODS)})")  # fmt: skip
     try:
         spec = probe(cfg.env)
     except EnvError as exc:

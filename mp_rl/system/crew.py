@@ -21,6 +21,7 @@ import psutil
 from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
+from mp_rl.system import forks
 from mp_rl.system.entrypoints import (
     ActorArgs,
     LearnerArgs,
@@ -94,7 +95,7 @@ class Crew:
 
     def __init__(self, plan: Plan, run_dir: Path, shared: SharedRun, resume: Path | None = None):
         self.plan, self.cfg, self.run_dir, self.shared, self.resume = plan, plan.cfg, run_dir, shared, resume
-        self.ctx = mp.get_context("spawn")  # CUDA-safe: no inherited CUDA context, clean interpreters
+        self.ctx = forks.context()  # forks of a clean server: no inherited CUDA context, torch imported once
         self.members: dict[int, Member] = {}
         self.silent: set[int] = set()  # pids of attached actors already reported silent
         self.error: str | None = None

@@ -1,9 +1,8 @@
-"""Process shells: each child names itself, ignores SIGINT, dies with its parent, and runs one object.
+"""Process shells: each child names itself, ignores SIGINT, dies with the run, and runs one object.
 
-Why `spawn` (set by the supervisor): a forked child would inherit the parent's CUDA context and
-thread state, which CUDA does not support; spawn starts a clean interpreter. Why ignore SIGINT:
-Ctrl-C in a terminal goes to the whole process group; only the supervisor should act on it and
-stop the others in order.
+How a member starts (a fork of a server that imported torch once, not of the supervisor, which may
+hold CUDA): `forks`. Why ignore SIGINT: Ctrl-C in a terminal goes to the whole process group; only
+the supervisor should act on it and stop the others in order.
 """
 
 from __future__ import annotations
@@ -30,12 +29,14 @@ from mp_rl.runfolder import RunFolder
 from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start import resources
+from mp_rl.system import forks
 
 PR_SET_PDEATHSIG = 1
 
 
 def run_member(main: Callable[[Spawn], None], args: Spawn) -> None:
     """A member's process: `main(args)`, then `leave`. An exception still ends it the usual way."""
+    forks.let_go()
     main(args)
     leave(0)
 
@@ -57,12 +58,25 @@ def title(run_id: str, member: str) -> str:
     return f"mp_rl[{run_id}] {member}"
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL us when the parent dies; exit now if it already has."""
+def die_with_parent(owner_pid: int) -> None:
+    """Have the kernel SIGKILL us when our parent dies; exit now if it already has, or if `owner_pid`
+    (the process that started us: the supervisor, an attach) has. A supervisor's member is the child
+    of its fork server, which exits when the supervisor does: the signal comes one step later."""
+    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if os.getppid() != parent or not alive(owner_pid):  # either died before prctl took effect
         os._exit(1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone's, so it exists
+        return True
+    return True
 
 
 def child_setup(
