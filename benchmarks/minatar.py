@@ -11,7 +11,8 @@ Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and
 `munchausen` and `impala` add one piece each to it, `iqn_munchausen` two; `iqn_ratio3` is `iqn` at
 3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, `current_per`
 is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
-rows in `TRIED` were screened on Freeway and run only when named);
+rows in `TRIED` were screened on Freeway and run only when named); `iqn_cap500k` is `iqn` with a
+replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings

@@ -32,7 +32,8 @@ def owner_only() -> None:
 
     A run folder holds weights, the config, logs and metrics; the folders are made 0700, and the
     umask keeps every file written into them (by mp_rl, torch.profiler or matplotlib) 0600, so a
-    copied or re-permissioned folder does not expose them. Children inherit the umask across spawn."""
+    copied or re-permissioned folder does not expose them. Children inherit the umask (the members' fork
+    server too: the entry points set it before they start the server)."""
     os.umask(0o077)
 
 

@@ -159,6 +159,8 @@ def start(run_plan, run_dir: Path, ckpt: Path | None, state: dict | None, counte
     if run_plan.cfg.run.serial:
         from mp_rl.system.serial import SerialRun
 
+        forks.stop()  # one process: no member to fork
+
         with SerialRun(run_plan, run_dir, counters, resume=state) as run:
             run.train(run_plan.cfg.run.wall_time_s or float("inf"))
             run.finish()

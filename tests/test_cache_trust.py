@@ -55,7 +55,8 @@ def test_an_entry_with_a_key_its_dataclass_does_not_take_is_ignored(smoke, tmp_p
     p, key = smoke
     cache.save("autotune", key, _entry(p, threads=4))
     assert autotune.for_run(p, None, lambda: True).cached is None
-    good = {"bare": 10 << 20, "imported": 200 << 20, "actor": 250 << 20, "learner": 300 << 20}
+    good = {"bare": 10 << 20, "server": 240 << 20, "imported": 160 << 20, "actor": 175 << 20, "learner": 260 << 20,
+            "supervisor": 320 << 20}  # fmt: skip
     cache.save("footprint", "k", {**good, "gpu": 1})
     assert cache.load("footprint", "k", footprint.CachedBases) is None
 
@@ -78,7 +79,8 @@ def test_a_cached_point_is_clamped_to_the_plans_bounds(smoke):
 
 def test_footprint_and_step_cost_entries_are_validated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    good = {"bare": 10 << 20, "imported": 200 << 20, "actor": 250 << 20, "learner": 300 << 20}
+    good = {"bare": 10 << 20, "server": 240 << 20, "imported": 160 << 20, "actor": 175 << 20, "learner": 260 << 20,
+            "supervisor": 320 << 20}  # fmt: skip
     cache.save("footprint", "k", good)
     assert cache.load("footprint", "k", footprint.CachedBases) is not None
     cache.save("footprint", "k", {**good, "learner": -(1 << 40)})  # would switch preflight's memory check off

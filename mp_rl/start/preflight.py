@@ -136,6 +136,7 @@ def plan(cfg: Config, check: bool = True) -> Plan:
             return not b.problems(Point(actors.start, cfg.env.envs_per_actor, batch.start, capacity.lo))
 
         threads = 1 if limits.vram is not None else max(1, limits.cpus - actors.start)  # what the learner gets
+        forks.wait_ready()  # its timings must not share the cores with the members' server importing torch
         size = sizing.choose_size(cfg, spec, actors.start, batch.start, learner_device(cfg), threads, fits)
         cfg = sizing.resolve(cfg, size)
         warnings.append(size.reasons[-1])

@@ -132,7 +132,13 @@ class Crew:
             target, args = actor_main, ActorArgs(**base, index=m.index, count=self.plan.epsilons_for, seed=seed)
         m.process = self.ctx.Process(target=run_member, args=(target, args), name=m.name)
         self.shared.control.heartbeat(m.slot)  # a fresh member gets a full timeout to start
-        m.process.start()
+        try:
+            m.process.start()
+        except (OSError, EOFError) as exc:  # no fork (EAGAIN: a pids limit, ENOMEM), or the server died of it
+            self._clear(m)
+            self.members.pop(m.slot, None)
+            self.error = f"could not start {m.name}: {type(exc).__name__}: {exc} (members start by {forks.method()})"
+            return
         m.started, m.restart_at = time.monotonic(), None
         self.members[m.slot] = m
 
@@ -146,6 +152,9 @@ class Crew:
         self.reconcile()
 
     def check_members(self) -> None:
+        if forks.server_died():  # its members died with it (their death signal), and their exit codes
+            self.error = "the members' fork server died (killed, or a fork failed), and the members with it"
+            return
         control, now = self.shared.control, time.monotonic()
         timeout = self.cfg.run.heartbeat_timeout_s
         for m in list(self.members.values()):

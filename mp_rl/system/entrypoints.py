@@ -1,4 +1,4 @@
-"""Process shells: each child names itself, ignores SIGINT, dies with the run, and runs one object.
+"""Process shells: each child names itself, ignores SIGINT, dies with its owner, and runs one object.
 
 How a member starts (a fork of a server that imported torch once, not of the supervisor, which may
 hold CUDA): `forks`. Why ignore SIGINT: Ctrl-C in a terminal goes to the whole process group; only
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import psutil
 from setproctitle import setproctitle
 
 from mp_rl.agent.envspec import EnvSpec
@@ -30,8 +30,6 @@ from mp_rl.shm.control import State
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start import resources
 from mp_rl.system import forks
-
-PR_SET_PDEATHSIG = 1
 
 
 def run_member(main: Callable[[Spawn], None], args: Spawn) -> None:
@@ -59,24 +57,24 @@ def title(run_id: str, member: str) -> str:
 
 
 def die_with_parent(owner_pid: int) -> None:
-    """Have the kernel SIGKILL us when our parent dies; exit now if it already has, or if `owner_pid`
-    (the process that started us: the supervisor, an attach) has. A supervisor's member is the child
-    of its fork server, which exits when the supervisor does: the signal comes one step later."""
+    """Have the kernel SIGKILL us when our parent dies; exit now if it already has. Our parent is the
+    process that started us (`owner_pid`: an attach), or the owner's fork server (a supervisor's
+    member, `forks`), which exits when the supervisor does: the signal then comes one step later."""
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent or not alive(owner_pid):  # either died before prctl took effect
+    forks.death_signal()
+    if os.getppid() != parent or not _ours(parent, owner_pid):  # it died before prctl took effect
         os._exit(1)
 
 
-def alive(pid: int) -> bool:
+def _ours(parent: int, owner_pid: int) -> bool:
+    """Whether `parent` is the owner or the owner's child (its fork server), and the owner is running
+    (not a zombie its own parent has yet to reap)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if psutil.Process(owner_pid).status() == psutil.STATUS_ZOMBIE:
+            return False
+        return parent == owner_pid or psutil.Process(parent).ppid() == owner_pid
+    except psutil.Error:
         return False
-    except PermissionError:  # someone's, so it exists
-        return True
-    return True
 
 
 def child_setup(
