@@ -115,7 +115,7 @@ def let_go() -> None:
 
 def stop() -> None:
     """End the server now, mid-import if it is (a start refused for bad input leaves no process), and
-    reap it; at exit, and where no member will be started (serial mode, a dry run)."""
+    reap it: at exit, and in serial mode, which starts no member."""
     server = forkserver._forkserver  # the module's one server; multiprocessing has no public stop
     pid = getattr(server, "_forkserver_pid", None)
     if pid is None:
