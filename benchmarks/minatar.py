@@ -69,6 +69,8 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN with a 5x replay (500k): once Freeway's policy is good its buffer holds little else, and the
     # greedy choice between actions the data no longer shows can drift; an older, wider buffer keeps them.
     "iqn_cap500k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=500000"]),
+    # The same replay for `current`: does the Freeway gain come with DQN's throughput (Breakout)?
+    "current_cap500k": (CURRENT, ["replay.capacity=500000"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,
