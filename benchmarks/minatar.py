@@ -12,7 +12,8 @@ Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and
 3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, `current_per`
 is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
 rows in `TRIED` were screened on Freeway and run only when named); `iqn_cap500k` is `iqn` with a
-replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds);
+replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds), and
+`current_cap500k` is `current` with it;
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings
