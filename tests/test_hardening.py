@@ -112,7 +112,7 @@ def test_a_slot_claimed_again_after_the_snapshot_is_not_freed_from_it(held_run, 
         assert shared.ring._take_lease(0, newcomer["slot"] + 1)
         return False  # the snapshot's pid is dead
 
-    monkeypatch.setattr(crew, "_alive", alive_after_a_swap)
+    monkeypatch.setattr(crew.forks, "running", alive_after_a_swap)
     crew.reap_attached(shared, ours=set(), timeout=60.0, silent=set())
     assert newcomer["slot"] == old and shared.control.state(old) is State.RUNNING
     assert int(shared.ring.leases[0]) == old + 1, "the newcomer's lease was voided"

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from mp_rl.shm.control import Kind
 from mp_rl.shm.manifest import SharedRun
 from mp_rl.start.preflight import Plan
@@ -36,13 +34,6 @@ from mp_rl.system.lifecycle import apply_capacity
 log = logging.getLogger("mp_rl.supervisor")
 
 HEALTHY_S = 60.0  # a member up this long since its last start has its restart count forgiven
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @dataclass
@@ -72,7 +63,7 @@ def reap_attached(shared: SharedRun, ours: set[int], timeout: float, silent: set
     for m in control.live_members():
         if not m["attached"] or m["slot"] in ours:
             continue
-        if _alive(m["pid"]):
+        if forks.running(m["pid"]):
             if m["heartbeat_age_s"] > timeout:
                 seen.add(m["pid"])
                 if m["pid"] not in silent:

@@ -69,9 +69,9 @@ def die_with_parent(owner_pid: int) -> None:
 def _ours(parent: int, owner_pid: int) -> bool:
     """Whether `parent` is the owner or the owner's child (its fork server), and the owner is running
     (not a zombie its own parent has yet to reap)."""
+    if not forks.running(owner_pid):
+        return False
     try:
-        if psutil.Process(owner_pid).status() == psutil.STATUS_ZOMBIE:
-            return False
         return parent == owner_pid or psutil.Process(parent).ppid() == owner_pid
     except psutil.Error:
         return False

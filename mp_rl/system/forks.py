@@ -83,18 +83,21 @@ def wait_ready(timeout: float = 15.0) -> None:
         time.sleep(0.05)  # another process's progress: nothing to wait on but its clock
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process: not gone, and not a zombie its parent has yet to reap."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def server_died() -> bool:
     """Whether a fork server was started and is gone (multiprocessing would start another on the next
     member, but the supervisor has lost its members' exit codes with the old one)."""
-    import psutil
-
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    if pid is None:
-        return False
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
+    return pid is not None and not running(pid)
 
 
 def death_signal() -> None:
