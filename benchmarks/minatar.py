@@ -12,8 +12,8 @@ Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and
 3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, `current_per`
 is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
 rows in `TRIED` were screened and are run only when named); `iqn_cap500k` is `iqn` with a
-replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds), and
-`current_cap500k` is `current` with it (in `TRIED`: it lost Breakout);
+replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds),
+`iqn_cap250k` with 250k, and `current_cap500k` is `current` with 500k (in `TRIED`: it lost Breakout);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings
@@ -70,6 +70,8 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN with a 5x replay (500k): once Freeway's policy is good its buffer holds little else, and the
     # greedy choice between actions the data no longer shows can drift; an older, wider buffer keeps them.
     "iqn_cap500k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=500000"]),
+    # IQN with a 2.5x replay (250k): between Freeway's gain at 500k and Breakout's loss there.
+    "iqn_cap250k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=250000"]),
     # The same replay for `current`: does the Freeway gain come with DQN's throughput (Breakout)? It
     # does not: 15.20 on Breakout's five seeds against current's 20.25 (dropped, `TRIED`).
     "current_cap500k": (CURRENT, ["replay.capacity=500000"]),
