@@ -13,7 +13,8 @@ Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and
 is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
 rows in `TRIED` were screened and are run only when named); `iqn_cap500k` is `iqn` with a
 replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds),
-`iqn_cap250k` with 250k, and `current_cap500k` is `current` with 500k (in `TRIED`: it lost Breakout);
+`iqn_cap250k` with 250k, and `current_cap500k` is `current` with 500k (in `TRIED`: they lost Breakout);
+`current_compiled` and `iqn_compiled` run the loss through torch.compile (timed only, in `TRIED`);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings
@@ -70,8 +71,14 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN with a 5x replay (500k): once Freeway's policy is good its buffer holds little else, and the
     # greedy choice between actions the data no longer shows can drift; an older, wider buffer keeps them.
     "iqn_cap500k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=500000"]),
-    # IQN with a 2.5x replay (250k): between Freeway's gain at 500k and Breakout's loss there.
+    # IQN with a 2.5x replay (250k): between Freeway's gain at 500k and Breakout's loss there. Breakout
+    # seed 3 made 12.80 (current 20.25, iqn 17.95, iqn_cap500k 16.7): dropped (`TRIED`).
     "iqn_cap250k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=250000"]),
+    # The loss through torch.compile (inductor's CPU kernels): on MinAtar's small network an update is
+    # mostly per-op overhead, which a compiled graph might cut; more updates are more env steps at 600 s.
+    # Timed (--throughput): 0.97x and 1.05x the eager learners' updates/s, so not run (`TRIED`).
+    "current_compiled": (CURRENT, ["learner.compile=default"]),
+    "iqn_compiled": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.compile=default"]),
     # The same replay for `current`: does the Freeway gain come with DQN's throughput (Breakout)? It
     # does not: 15.20 on Breakout's five seeds against current's 20.25 (dropped, `TRIED`).
     "current_cap500k": (CURRENT, ["replay.capacity=500000"]),
@@ -80,7 +87,8 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "tianshou": None,
 }
 # Screened and dropped (docs/benchmarks.md): run and shown only when `--rows` names them.
-TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128", "qr_dqn", "iqn_lr25", "current_cap500k"}
+TRIED = {"iqn_ratio3", "iqn_per", "current_per", "iqn_b128", "qr_dqn", "iqn_lr25", "current_cap500k", "iqn_cap250k",
+         "current_compiled", "iqn_compiled"}  # fmt: skip
 MAX_STEPS = 27_000  # an evaluation episode's cut, as `benchmarks.learning` has it for MinAtar
 
 
@@ -212,11 +220,12 @@ def learner_step(row: str) -> Callable[[], None]:
          "action": torch.randint(0, 3, (n,)), "reward": torch.rand(n), "discount": torch.full((n,), 0.97),
          "weight": torch.ones(n)}  # fmt: skip
     spec = LossSpec.of(lc)
+    losses = loss_terms if lc.compile == "none" else torch.compile(loss_terms, mode=lc.compile, dynamic=False)
 
     def step() -> None:
         if lc.spectral_norm:
             power_iterations(online)
-        loss, _, _ = loss_terms(online, target, b, spec)
+        loss, _, _ = losses(online, target, b, spec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(online.parameters(), lc.grad_clip)
