@@ -12,8 +12,9 @@ Rows (`ROWS`): `current` is the learner mp_rl shipped for MinAtar before IQN and
 3 samples per insert, `iqn_b128` at batch 128, `iqn_per` with prioritized replay, `current_per`
 is `current` with it, `qr_dqn` is QR-DQN and `iqn_lr25` is `iqn` at half the learning rate (the
 rows in `TRIED` were screened and are run only when named); `iqn_cap500k` is `iqn` with a
-replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds),
-`iqn_cap250k` with 250k, and `current_cap500k` is `current` with 500k (in `TRIED`: they lost Breakout);
+replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seeds, behind on
+Breakout); `iqn_cap250k` is `iqn` with 250k and `current_cap500k` `current` with 500k (both lost
+Breakout, in `TRIED`);
 `current_compiled` and `iqn_compiled` run the loss through torch.compile (timed only, in `TRIED`);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
@@ -74,9 +75,9 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # IQN with a 2.5x replay (250k): between Freeway's gain at 500k and Breakout's loss there. Breakout
     # seed 3 made 12.80 (current 20.25, iqn 17.95, iqn_cap500k 16.7): dropped (`TRIED`).
     "iqn_cap250k": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "replay.capacity=250000"]),
-    # The loss through torch.compile (inductor's CPU kernels): on MinAtar's small network an update is
-    # mostly per-op overhead, which a compiled graph might cut; more updates are more env steps at 600 s.
-    # Timed (--throughput): 0.97x and 1.05x the eager learners' updates/s, so not run (`TRIED`).
+    # The loss through torch.compile (inductor's CPU kernels), in case per-op overhead ruled MinAtar's
+    # small network. Timed (--throughput): 0.97x and 1.05x the eager learners' updates/s, so not run
+    # (`TRIED`): IQN's extra time is arithmetic (docs/benchmarks.md).
     "current_compiled": (CURRENT, ["learner.compile=default"]),
     "iqn_compiled": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.compile=default"]),
     # The same replay for `current`: does the Freeway gain come with DQN's throughput (Breakout)? It
