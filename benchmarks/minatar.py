@@ -81,7 +81,8 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     "current_compiled": (CURRENT, ["learner.compile=default"]),
     "iqn_compiled": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.compile=default"]),
     # The same replay for `current`: does the Freeway gain come with DQN's throughput (Breakout)? It
-    # does not: 15.20 on Breakout's five seeds against current's 20.25 (dropped, `TRIED`).
+    # does not: 15.20 on Breakout's five seeds against current's 20.25, or 18.70 with its seeds 0-2 run
+    # again on the same day's machine (dropped, `TRIED`).
     "current_cap500k": (CURRENT, ["replay.capacity=500000"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
