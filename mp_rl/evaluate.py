@@ -56,7 +56,7 @@ def load_policy(run_dir: Path, which: str, trust_imports: bool = False):
     try:
         state = checkpoint.load(path)
         policy = q_network(probe(cfg.env), growth.saved_widths(cfg.learner, state))
-        policy.load_state_dict(state["model"])
+        policy.load_state_dict(checkpoint.policy_weights(state))
     except EnvError:
         raise
     except Exception as exc:  # a damaged file, or another network's: torch raises many kinds

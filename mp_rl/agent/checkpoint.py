@@ -23,6 +23,12 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def policy_weights(state: dict) -> dict:
+    """The weights that play: the learner's moving average where the run kept one (`learner.policy_ema`),
+    else the online network's. `model` stays the online network: the one a resume trains on."""
+    return state.get("policy", state["model"])
+
+
 class Damaged(ValueError):
     """A checkpoint that cannot be read, or is not one of mp_rl's."""
 

@@ -1,6 +1,8 @@
 """The learner: Double DQN, QR-DQN or IQN (optional dueling head, Munchausen targets: `losses`), n-step
 targets, Adam, gradient clipping, hard or Polyak target updates, AMP on CUDA, a prefetch thread,
-weights published every K updates.
+weights published every K updates: the online network's, or with `learner.policy_ema` a moving
+average of them (the policy actors act with and evaluations play; the online network goes on
+training, and the average is taken at each publish, its decay raised to the updates between).
 
 Nothing in the update loop waits for the device (`staging` says how batches and TD errors move):
 the loss, mean Q and mean |TD| are summed on the device and read back every `learner.stats_every`
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from mp_rl.agent import checkpoint, growth, impala, losses
+from mp_rl.agent.averaging import PolicyAverage
 from mp_rl.agent.envspec import EnvSpec
 from mp_rl.agent.models import q_network
 from mp_rl.agent.priorities import Priorities
@@ -69,6 +72,7 @@ class Learner:
         self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.average = PolicyAverage(self.online, lc.policy_ema) if lc.policy_ema else None
         cuda = self.device.type == "cuda"
         self.optimizer = self._adam(self.online)
         self.amp_dtype = None
@@ -96,6 +100,16 @@ class Learner:
         if cuda:
             shared.board.pin()
 
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The network actors act with and evaluations play: the average, or the online one."""
+        return self.online if self.average is None else self.average.net
+
+    @property
+    def policy_flat(self) -> torch.Tensor:
+        """The policy's weights as the board publishes them."""
+        return self.flat if self.average is None else self.average.flat
+
     def _adam(self, net: torch.nn.Module) -> torch.optim.Adam:
         # Fused Adam: one kernel per step, and on CUDA it takes the fp16 scaler's found-inf flag on the
         # device (with an unfused optimizer GradScaler.step reads it on the host: a sync per update).
@@ -107,9 +121,10 @@ class Learner:
         return growth.arch_code(self.cfg.learner)
 
     def grow(self, hidden: tuple[int, ...] | None = None, cnn_scale: float | None = None) -> list[growth.Layer]:
-        """Rebuild the online and target networks at new widths and go on training: the weights, the
-        target's and Adam's moments carried over (`agent.growth`: exact for growth). The next publish
-        announces the new layout; actors rebuild when they see it. Returns the transfer's plan."""
+        """Rebuild the online and target networks (and the average) at new widths and go on training:
+        the weights, the target's, the average's and Adam's moments carried over (`agent.growth`: exact
+        for growth). The next publish announces the new layout; actors rebuild when they see it.
+        Returns the transfer's plan."""
         self.shared.board.flush()  # no publish of the old flat tensor in flight
         if self.pending is not None:
             self.pending.drain(wait=True)
@@ -118,6 +133,8 @@ class Learner:
         online, target = q_network(self.spec, lc).to(self.device), q_network(self.spec, lc).to(self.device)
         layers = growth.transfer(self.online, online)
         growth.transfer(self.target, target, growth.plan_like(layers, self.target, target))
+        if self.average is not None:
+            self.average = self.average.regrown(q_network(self.spec, lc).to(self.device), layers)
         optimizer = self._adam(online)
         growth.transfer_adam(self.optimizer, optimizer, layers)
         self.cfg = self.cfg.model_copy(update={"learner": lc})
@@ -209,13 +226,16 @@ class Learner:
         self.update(batch)
         self.shared.control.add("updates", 1)
         self.shared.board.poll()  # completes the last publish once its copy has landed
-        if self.updates % self.cfg.learner.publish_every == 0:
-            self.shared.board.begin_publish(self.flat.detach(), self.arch)
+        every = self.cfg.learner.publish_every
+        if self.updates % every == 0:
+            if self.average is not None:  # stream-ordered on CUDA: after the last publish's copy was queued
+                self.average.fold(self.flat, every)
+            self.shared.board.begin_publish(self.policy_flat.detach(), self.arch)
         return True
 
     def publish(self) -> int:
         """Publish now and wait for it (start-up, resume, tests); the loop's publishes do not wait."""
-        return self.shared.board.publish(self.flat.detach(), self.arch)
+        return self.shared.board.publish(self.policy_flat.detach(), self.arch)
 
     def run(self, slot: int, folder: Path, log: logging.Logger | None = None) -> None:
         """Train until stop: periodic checkpoints (two kept), heartbeats, the profiler; then `final.pt`.
@@ -288,6 +308,7 @@ class Learner:
         return {
             "model": self.online.state_dict(),
             "target": self.target.state_dict(),
+            **({} if self.average is None else {"policy": self.average.net.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "counters": {**self.shared.control.counters(), "updates": self.updates},
@@ -305,6 +326,8 @@ class Learner:
             self.grow(hidden=saved.hidden, cnn_scale=saved.cnn_scale)
         self.online.load_state_dict(ckpt["model"])
         self.target.load_state_dict(ckpt["target"])
+        if self.average is not None:  # a run that had no average starts it at the online weights
+            self.average.net.load_state_dict(ckpt.get("policy", ckpt["model"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

@@ -161,6 +161,14 @@ class LearnerConfig(_Section):
     grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip.")
     target_update: int = Field(1000, ge=0, description="Hard target copy every N updates (0: Polyak with tau).")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak rate when target_update is 0.")
+    policy_ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Decay per update of a moving average of the online weights that then is the policy: actors "
+        "act with it, evaluations play it, checkpoints keep it as `policy` (0: off, the online weights are the "
+        "policy; 0.999 averages over about 1000 updates).",
+    )
     dueling: bool = Field(True, description="Dueling value/advantage head.")
     algo: Literal["dqn", "qr_dqn", "iqn"] = Field(
         "dqn",
