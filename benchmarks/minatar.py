@@ -84,9 +84,10 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # does not: 15.20 on Breakout's five seeds against current's 20.25, or 18.70 with its seeds 0-2 run
     # again on the same day's machine (dropped, `TRIED`).
     "current_cap500k": (CURRENT, ["replay.capacity=500000"]),
-    # IQN whose policy (what actors act with and what is evaluated) is a moving average of the online
-    # weights over about 2000 updates (4 target periods): steadies the plateau's drift (Freeway) without
-    # keeping older data, which cost Breakout at 250k and 500k rows.
+    # IQN whose kept policy (what the final evaluation plays) is a moving average of the online weights
+    # over about 2000 updates (4 target periods): to steady the plateau's drift (Freeway) without
+    # keeping older data, which cost Breakout at 250k and 500k rows. Actors explore with the online
+    # weights: acting with the average, Freeway seed 3 never scored (results/minatar_20261207).
     "iqn_ema": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.policy_ema=0.9995"]),
     "shipped": (SHIPPED, []),
     "sb3": None,

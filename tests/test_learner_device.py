@@ -124,3 +124,25 @@ def test_the_learners_vram_is_within_a_fifth_of_the_budget(tmp_path, shm_name):
     finally:
         learner.close()
         shared.close()
+
+
+@requires_cuda
+def test_the_average_is_kept_on_the_device_and_published_at_the_stop(tmp_path, shm_name):
+    """With `policy_ema` the loop's asynchronous publishes carry the online weights and the average
+    folds on the device between them; `publish_policy` puts exactly the average on the board."""
+    learner, shared = _learner(tmp_path, shm_name, "cuda", ["learner.policy_ema=0.9"])
+    try:
+        out = torch.empty(shared.board.numel)
+        for _ in range(13):
+            assert learner.step(timeout=2.0)
+        shared.board.flush()
+        shared.board.read_into(out)
+        n = learner.flat.numel()
+        torch.testing.assert_close(out[:n], learner.flat.detach().cpu())  # what actors act with
+        learner.publish_policy()
+        shared.board.read_into(out)
+        torch.testing.assert_close(out[:n], learner.policy_flat.cpu())
+        assert learner.policy_flat.is_cuda and not torch.equal(learner.policy_flat, learner.flat)
+    finally:
+        learner.close()
+        shared.close()

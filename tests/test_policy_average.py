@@ -1,6 +1,7 @@
-"""`learner.policy_ema`: the policy is a moving average of the online weights. It is what the board
-publishes (so what actors act with and evaluations play), what checkpoints keep as `policy` and what
-`evaluate` loads; a resume restores it, and it grows with the network."""
+"""`learner.policy_ema`: the run's policy is a moving average of the online weights. Checkpoints keep
+it as `policy`, `evaluate` loads it and the learner publishes it at a stop, for the final evaluation;
+until then the board carries the online weights, which actors explore with. A resume restores it,
+and it grows with the network."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def _published(shared, numel: int) -> torch.Tensor:
     return out
 
 
-def test_the_published_policy_is_the_moving_average_of_the_online_weights(setup):
-    """Decay 0.9 per update, published every 5: at each publish the average moves (1 - 0.9**5) of the
-    way to the online weights, from the initial network's; the board holds exactly that."""
+def test_the_policy_is_the_moving_average_and_actors_get_the_online_weights_until_the_stop(setup):
+    """Decay 0.9 per update, folded every 5 (at each publish): the average moves (1 - 0.9**5) of the way
+    to the online weights each time, from the initial network's. The loop's publishes carry the
+    online weights; `publish_policy` (at the stop) puts exactly the average on the board."""
     _, learner, shared = setup(0.9)
     want = learner.flat.detach().clone()
     assert torch.equal(learner.policy_flat, want)  # it starts at the online network
@@ -57,10 +59,32 @@ def test_the_published_policy_is_the_moving_average_of_the_online_weights(setup)
         assert learner.step(timeout=2.0)
         if update % 5 == 0:
             want += (1 - 0.9**5) * (learner.flat.detach() - want)
-            got = _published(shared, want.numel())
-            assert torch.allclose(got, want, atol=1e-6)
-            assert not torch.allclose(got, learner.flat.detach(), atol=1e-4)  # not the online weights
+            assert torch.allclose(learner.policy_flat, want, atol=1e-6)
+            assert torch.equal(_published(shared, want.numel()), learner.flat.detach())  # what actors act with
+    assert not torch.allclose(want, learner.flat.detach(), atol=1e-4)
+    for _ in range(3):  # 3 updates since the last fold: publish_policy folds them in first
+        assert learner.step(timeout=2.0)
+    want += (1 - 0.9**3) * (learner.flat.detach() - want)
+    learner.publish_policy()
+    assert torch.allclose(_published(shared, want.numel()), want, atol=1e-6)
     learner.close()
+
+
+@pytest.mark.parametrize("cadence", [1, 5, 7])
+def test_the_averages_horizon_is_counted_in_updates_whatever_the_cadence(cadence):
+    """Online weights held at theta for 35 updates, folded every `cadence` of them: the average is
+    theta0 + (1 - d**35) (theta - theta0), the same as folding every update."""
+    from mp_rl.agent.averaging import PolicyAverage
+
+    online = torch.nn.Linear(3, 2)
+    start = torch.cat([p.detach().reshape(-1) for p in online.parameters()])
+    average = PolicyAverage.started_at(online, 0.95)
+    theta = torch.randn_like(start)
+    for _ in range(35 // cadence):
+        average.fold(theta, cadence)
+    if 35 % cadence:
+        average.fold(theta, 35 % cadence)
+    torch.testing.assert_close(average.flat, start + (1 - 0.95**35) * (theta - start))
 
 
 def test_without_an_average_the_online_weights_are_published(setup):
@@ -122,11 +146,16 @@ def test_the_average_grows_with_the_network_and_keeps_its_q_values(setup):
     learner.grow(hidden=(160,))
     assert torch.allclose(learner.average.net(obs), before, atol=1e-5)
     assert learner.average.net is not learner.online
+    first, avg_first = learner.online[-1][1], learner.average.net[-1][1]  # the hidden layer: 32 -> 160 units
+    assert torch.equal(avg_first.weight[32:], first.weight[32:])  # the new units: the online network's own
     numel = sum(p.numel() for p in q_network(learner.spec, learner.cfg.learner).parameters())
     assert learner.policy_flat.numel() == numel
     for _ in range(10):
         assert learner.step(timeout=2.0)  # trains on, and averages, at the new size
-    learner.publish()
+    learner.publish_policy()
     assert learner.shared.board.latest_shape() == (numel, *learner.arch)
     assert torch.equal(_published(learner.shared, numel), learner.policy_flat)
+    kept = learner.average.net[-1][1].weight.detach().clone()
+    layers = learner.grow(hidden=(32,))  # shrinking keeps the online network's strongest units, in both
+    assert torch.equal(learner.average.net[-1][1].weight, kept[layers[0].keep_out])
     learner.close()

@@ -1,8 +1,8 @@
 """The learner: Double DQN, QR-DQN or IQN (optional dueling head, Munchausen targets: `losses`), n-step
 targets, Adam, gradient clipping, hard or Polyak target updates, AMP on CUDA, a prefetch thread,
-weights published every K updates: the online network's, or with `learner.policy_ema` a moving
-average of them (the policy actors act with and evaluations play; the online network goes on
-training, and the average is taken at each publish, its decay raised to the updates between).
+weights published every K updates. With `learner.policy_ema` it also keeps a moving average of the
+online weights (`averaging`), folded in every K updates: the policy its checkpoints keep and the
+run's final evaluation plays, while actors explore with the online weights.
 
 Nothing in the update loop waits for the device (`staging` says how batches and TD errors move):
 the loss, mean Q and mean |TD| are summed on the device and read back every `learner.stats_every`
@@ -72,7 +72,7 @@ class Learner:
         self.online = q_network(spec, lc).to(self.device)
         self.flat = flatten_parameters(self.online)  # publish = one copy of this
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.average = PolicyAverage(self.online, lc.policy_ema) if lc.policy_ema else None
+        self.average = PolicyAverage.started_at(self.online, lc.policy_ema) if lc.policy_ema else None
         cuda = self.device.type == "cuda"
         self.optimizer = self._adam(self.online)
         self.amp_dtype = None
@@ -92,6 +92,7 @@ class Learner:
         self.feed = feed(shared, self.max_batch, self.device, self.batch_size, seed, self.priorities)
         self.pending = PendingPriorities(self.priorities, self.device) if self.priorities is not None else None
         self.updates = 0
+        self.folded_at = 0  # the update the average last took the online weights in at
         self.beat = 0.0  # when the last heartbeat went out
         # Loss, mean Q and mean |TD| summed on the device; read back (one host sync) every stats_every updates.
         self.sums, self.summed, self.stats_at = torch.zeros(3, device=self.device), 0, time.monotonic()
@@ -102,12 +103,13 @@ class Learner:
 
     @property
     def policy(self) -> torch.nn.Module:
-        """The network actors act with and evaluations play: the average, or the online one."""
+        """The network the run keeps as its result (checkpoints' `policy`, the final evaluation's): the
+        average, or the online network when none is kept."""
         return self.online if self.average is None else self.average.net
 
     @property
     def policy_flat(self) -> torch.Tensor:
-        """The policy's weights as the board publishes them."""
+        """The policy's weights, as one flat tensor (what `publish_policy` copies)."""
         return self.flat if self.average is None else self.average.flat
 
     def _adam(self, net: torch.nn.Module) -> torch.optim.Adam:
@@ -134,7 +136,7 @@ class Learner:
         layers = growth.transfer(self.online, online)
         growth.transfer(self.target, target, growth.plan_like(layers, self.target, target))
         if self.average is not None:
-            self.average = self.average.regrown(q_network(self.spec, lc).to(self.device), layers)
+            self.average = self.average.regrown(online, layers)
         optimizer = self._adam(online)
         growth.transfer_adam(self.optimizer, optimizer, layers)
         self.cfg = self.cfg.model_copy(update={"learner": lc})
@@ -226,15 +228,27 @@ class Learner:
         self.update(batch)
         self.shared.control.add("updates", 1)
         self.shared.board.poll()  # completes the last publish once its copy has landed
-        every = self.cfg.learner.publish_every
-        if self.updates % every == 0:
-            if self.average is not None:  # stream-ordered on CUDA: after the last publish's copy was queued
-                self.average.fold(self.flat, every)
-            self.shared.board.begin_publish(self.policy_flat.detach(), self.arch)
+        if self.updates % self.cfg.learner.publish_every == 0:
+            self.fold()
+            self.shared.board.begin_publish(self.flat.detach(), self.arch)
         return True
+
+    def fold(self) -> None:
+        """Take the online weights into the average (if any) for the updates since it last did, so its
+        horizon is counted in updates whatever the cadence."""
+        if self.average is not None and self.updates > self.folded_at:
+            self.average.fold(self.flat, self.updates - self.folded_at)
+        self.folded_at = self.updates
 
     def publish(self) -> int:
         """Publish now and wait for it (start-up, resume, tests); the loop's publishes do not wait."""
+        return self.shared.board.publish(self.flat.detach(), self.arch)
+
+    def publish_policy(self) -> int:
+        """At a stop: publish the policy (the average, if kept), for the run's final evaluation. Actors
+        never act with the average: its greedy choice moves only as the online network's settles, and
+        from a start without rewards (MinAtar Freeway) it never wandered into the first one."""
+        self.fold()
         return self.shared.board.publish(self.policy_flat.detach(), self.arch)
 
     def run(self, slot: int, folder: Path, log: logging.Logger | None = None) -> None:
@@ -248,6 +262,7 @@ class Learner:
             self.step_and_keep(slot, folder, prof, timeout=0.25)
         prof.close()
         self.close()
+        self.publish_policy()
         self.write_stats(folder.parent / LEARNER_STATS)  # the updates since the last line
         self.save(folder / FINAL)
         if log is not None:
@@ -331,7 +346,7 @@ class Learner:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.updates = int(ckpt["counters"]["updates"])
+        self.updates = self.folded_at = int(ckpt["counters"]["updates"])
         if self.priorities is not None:
             self.reprioritize()  # the replay a resume restored, before the first draw
             self.priorities.updates = self.updates  # beta's annealing goes on from where it was

@@ -165,9 +165,9 @@ class LearnerConfig(_Section):
         0.0,
         ge=0,
         lt=1,
-        description="Decay per update of a moving average of the online weights that then is the policy: actors "
-        "act with it, evaluations play it, checkpoints keep it as `policy` (0: off, the online weights are the "
-        "policy; 0.999 averages over about 1000 updates).",
+        description="Decay per update of a moving average of the online weights, kept as the run's policy: "
+        "checkpoints hold it as `policy`, the final evaluation, evaluate, Policy.load and export play it; actors "
+        "explore with the online weights (0: off; 0.999 averages over about 1000 updates).",
     )
     dueling: bool = Field(True, description="Dueling value/advantage head.")
     algo: Literal["dqn", "qr_dqn", "iqn"] = Field(

@@ -78,6 +78,7 @@ class SerialRun:
 
     def finish(self) -> None:
         """What the learner process and the supervisor do at a clean stop: `final.pt`, the replay."""
+        self.learner.publish_policy()  # what the final evaluation plays
         self.learner.save(RunFolder(self.run_dir).final)
         keep_replay(self.shared, self.cfg, self.run_dir)
 
