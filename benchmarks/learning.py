@@ -143,19 +143,31 @@ def peer_main(a: argparse.Namespace) -> None:
 
 
 def eval_mp_rl_main(a: argparse.Namespace) -> None:
-    """Greedy returns of a run folder's final.pt through the shared evaluation; one JSON line."""
+    """Greedy returns of a run folder's final.pt through the shared evaluation, and of its online network
+    where it kept an average; one JSON line."""
     import numpy as np
     import torch
 
     from benchmarks import peers
+    from mp_rl.agent import checkpoint
     from mp_rl.agent.models import q_values
-    from mp_rl.evaluate import load_policy
+    from mp_rl.evaluate import checkpoint_path, load_policy
 
     torch.set_num_threads(1)
     _, policy = load_policy(Path(a.eval_mp_rl), a.checkpoint, trust_imports=True)  # its own runs
-    returns = peers.greedy_returns(peers.argmax_of(lambda x: q_values(policy(x))), a.env, EPISODES,
-                                   EVAL_SEED + a.seed, a.max_steps)  # fmt: skip
-    print(json.dumps({"final": float(np.mean(returns)), "returns": returns}))
+
+    def play(net: torch.nn.Module) -> list[float]:
+        return peers.greedy_returns(peers.argmax_of(lambda x: q_values(net(x))), a.env, EPISODES,
+                                    EVAL_SEED + a.seed, a.max_steps)  # fmt: skip
+
+    returns = play(policy)
+    out = {"final": float(np.mean(returns)), "returns": returns}
+    state = checkpoint.load(checkpoint_path(Path(a.eval_mp_rl), a.checkpoint))
+    if "policy" in state:  # a kept average (learner.policy_ema): the online network too, same episodes
+        policy.load_state_dict(state["model"])
+        online = play(policy)
+        out |= {"final_online": float(np.mean(online)), "returns_online": online}
+    print(json.dumps(out))
 
 
 def summarize(env: dict, budget: float, runs: dict[str, list[dict]]) -> tuple[list[dict], dict]:

@@ -199,6 +199,13 @@ def tables(a: argparse.Namespace, games: list[str], rows: list[str]) -> str:
                 ("updates", "updates, median", ","), ("speed", "machine, per seed", "s")]  # fmt: skip
         text = f"\n{env_id(game)}, {a.budget:g} s each, 20 greedy episodes at the end\n\n"
         text += table(lines, cols) + "\n"
+        for real in names:  # a row that keeps an average: its online network, the same runs and episodes
+            paired = [r for r in stored(a, game, real) if "final_online" in r]
+            if paired:
+                online = [r["final_online"] for r in paired]
+                text += (f"{real}, its online network on the same episodes: median {statistics.median(online):.2f} "
+                         f"({' / '.join(f'{x:.1f}' for x in online)}), the average "
+                         f"{statistics.median(r['final'] for r in paired):.2f}\n")  # fmt: skip
         if "shipped" in med:
             text += "".join(f"shipped > {other}: {'yes' if med['shipped'] > med[other] else 'NO'}\n"
                             for other in ("current", "sb3", "tianshou") if other in med)  # fmt: skip
