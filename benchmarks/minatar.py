@@ -16,6 +16,8 @@ replay of 500k rows, not 100k (ahead of `current` on Freeway's three paired seed
 Breakout); `iqn_cap250k` is `iqn` with 250k and `current_cap500k` `current` with 500k (both lost
 Breakout, in `TRIED`);
 `current_compiled` and `iqn_compiled` run the loss through torch.compile (timed only, in `TRIED`);
+`iqn_ema` is `iqn` keeping a moving average of its weights as its policy (`learner.policy_ema`);
+its results also hold the same checkpoint's online network's returns (`final_online`);
 `shipped` is `configs/minatar.yaml`, what mp_rl ships for every MinAtar game. When that config is
 one of the other rows' (today: `iqn`), `shipped` is that row: its runs are stored once, under that
 row, and count for both; `sb3` and `tianshou` are the peers at MinAtar's reference DQN settings
@@ -89,9 +91,6 @@ ROWS = {  # row: (config, overrides) for mp_rl; None for a peer
     # keeping older data, which cost Breakout at 250k and 500k rows. Actors explore with the online
     # weights: acting with the average, Freeway seed 3 never scored (results/minatar_20261207).
     "iqn_ema": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.policy_ema=0.9995"]),
-    # The same with a shorter horizon, about 500 updates (one target period): Asterix, still learning
-    # fast, played worse from the 2000-update average than from its online network (seed 3).
-    "iqn_ema998": (CURRENT, ["learner.algo=iqn", "learner.n_quantiles=8", "learner.policy_ema=0.998"]),
     "shipped": (SHIPPED, []),
     "sb3": None,
     "tianshou": None,

@@ -9,11 +9,11 @@ import pytest
 from benchmarks import minatar
 
 
-def store(tmp_path, game: str, row: str, seed: int, final: float, speed: float | None = None) -> None:
+def store(tmp_path, game: str, row: str, seed: int, final: float, speed: float | None = None, **more) -> None:
     path = tmp_path / game / row / "600s" / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     machine = {} if speed is None else {"machine_updates_per_s": speed}
-    path.write_text(json.dumps({"final": final, "env_steps": 1000, "updates": 100, **machine}))
+    path.write_text(json.dumps({"final": final, "env_steps": 1000, "updates": 100, **machine, **more}))
 
 
 def test_shipped_stands_on_the_piece_row_whose_config_it_is(tmp_path, monkeypatch):
@@ -52,6 +52,17 @@ def test_the_table_names_shipped_once_and_judges_it_against_the_current_learner_
     assert "| – / 148 / 148 |" in out  # the machine's speed per seed; none stored for the first
     assert out.count("shipped") == 1 + 2  # its row, then one verdict per baseline present
     assert "shipped > current: yes" in out and "shipped > sb3: yes" in out and "tianshou" not in out
+
+
+def test_a_row_that_keeps_an_average_shows_its_online_network_on_the_same_runs(tmp_path, capsys):
+    for seed, (average, online) in enumerate([(63.0, 60.5), (62.5, 58.0), (61.8, 61.2)]):
+        store(tmp_path, "freeway", "iqn_ema", seed, average, final_online=online)
+        store(tmp_path, "freeway", "iqn", seed, online)
+    minatar.main(["--table", "--games", "freeway", "--rows", "iqn,iqn_ema", "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    said = "iqn_ema, its online network on the same episodes: median 60.50 (60.5 / 58.0 / 61.2), the average 62.50"
+    assert said in out
+    assert "iqn, its online" not in out
 
 
 def test_an_unknown_game_or_row_is_one_line(capsys):

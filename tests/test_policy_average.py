@@ -159,3 +159,32 @@ def test_the_average_grows_with_the_network_and_keeps_its_q_values(setup):
     layers = learner.grow(hidden=(32,))  # shrinking keeps the online network's strongest units, in both
     assert torch.equal(learner.average.net[-1][1].weight, kept[layers[0].keep_out])
     learner.close()
+
+
+def test_the_benchmarks_evaluation_plays_the_average_and_the_online_network_on_the_same_episodes(
+    setup, tmp_path, capsys
+):
+    """`benchmarks.learning`'s evaluation of a run that kept an average: `final` is the average's,
+    `final_online` the same checkpoint's online network's, on the same episodes; a run without an
+    average has no `final_online`."""
+    import argparse
+    import json
+
+    from benchmarks.learning import eval_mp_rl_main
+
+    for decay in (0.99, 0.0):
+        cfg, learner, _ = setup(decay)
+        for _ in range(10):
+            assert learner.step(timeout=2.0)
+        folder = RunFolder(tmp_path / f"run{decay}")
+        learner.save(folder.final)
+        folder.config.write_text(dump_config(cfg))
+        learner.close()
+        args = argparse.Namespace(eval_mp_rl=str(folder.path), checkpoint="final", env="CartPole-v1", seed=0,
+                                  max_steps=30)  # fmt: skip
+        eval_mp_rl_main(args)
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert len(out["returns"]) == 20
+        assert ("final_online" in out) == bool(decay)
+        if decay:
+            assert len(out["returns_online"]) == 20
