@@ -238,8 +238,9 @@ def learner_step(row: str) -> Callable[[], None]:
          "action": torch.randint(0, 3, (n,)), "reward": torch.rand(n), "discount": torch.full((n,), 0.97),
          "weight": torch.ones(n)}  # fmt: skip
     spec = LossSpec.of(lc)
-    flat, average, counter = flatten_parameters(online), None, [0]
-    if lc.policy_ema:
+    flat, average, counter = None, None, [0]
+    if lc.policy_ema:  # only this row's parameters become views of one flat tensor, as the learner's are
+        flat = flatten_parameters(online)
         average = PolicyAverage.started_at(online, lc.policy_ema)
     losses = loss_terms if lc.compile == "none" else torch.compile(loss_terms, mode=lc.compile, dynamic=False)
 
